@@ -1,0 +1,3 @@
+from bastion_tray.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""The configuration contract (DESIGN.md "Configuration"): TOML → frozen dataclasses.
+
+A bad file never half-loads: `load_config` collects every problem, each naming the file, the
+table and key, and what was expected, then raises one ConfigError that lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bastion_tray.core.errors import ConfigError
+from bastion_tray.core.schema import Problems, TableReader
+
+DEFAULT_IDLE_TIMEOUT = 30 * 60.0
+DEFAULT_WARN_BEFORE = 2 * 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds without activity before an auto-stop
+    warn_before: float = DEFAULT_WARN_BEFORE  # notify this long before an idle stop
+    terminal: tuple[str, ...] | None = None  # argv prefix for "Open shell"; None: platform default
+    ready_timeout: float = 300.0  # start → SSH answering, before we give up
+    lazy_wait: float = 180.0  # how long a connection to a stopped forward waits for the bastion
+    keepalive_interval: float = 15.0  # SSH keepalive; a peer silent for 3 intervals is dead
+
+
+@dataclass(frozen=True)
+class BastionConfig:
+    instance_id: str | None  # exactly one of instance_id / name
+    name: str | None  # the instance's Name tag
+    user: str  # login user on the bastion
+    identity_file: Path | None  # None: keys from ssh-agent
+    host: str = "auto"  # "auto": Elastic IP, else public IP, looked up after each start
+    port: int = 22
+    host_key: str | None = None  # "SHA256:…" pin; otherwise known_hosts
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # already merged with [settings]
+    auto_stop: bool = True  # stop the instance when idle
+
+    @property
+    def label(self) -> str:
+        return self.instance_id or f"Name={self.name}"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str  # the key under [profiles.X.hosts]
+    hostname: str  # address as the bastion sees it
+    user: str
+    identity_file: Path | None
+    port: int = 22
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    name: str  # the key under [profiles.X.forwards]
+    local_port: int
+    remote_host: str  # resolved by the bastion, not locally
+    remote_port: int
+    bind: str = "127.0.0.1"
+
+    @property
+    def local(self) -> str:
+        return f"{self.bind}:{self.local_port}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    region: str
+    aws_profile: str | None
+    bastion: BastionConfig
+    hosts: Mapping[str, HostConfig] = field(default_factory=dict)
+    forwards: Mapping[str, ForwardConfig] = field(default_factory=dict)
+    warn_before: float = DEFAULT_WARN_BEFORE
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    settings: Settings
+    profiles: Mapping[str, Profile]
+
+    def profile(self, name: str) -> Profile:
+        from bastion_tray.core.errors import UsageError
+
+        try:
+            return self.profiles[name]
+        except KeyError:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise UsageError(f"unknown profile {name!r} (known profiles: {known})",
+                             hint=f"profiles are defined in {self.path}") from None
+
+
+def load_config(path: Path, source: str = "--config") -> Config:
+    """Read and validate `path`; raise ConfigError naming every problem found."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (chosen by {source})",
+                          hint="create it (see the README's configuration reference) "
+                               "or point --config / $BASTION_TRAY_CONFIG at one") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, object], path: Path) -> Config:
+    problems = Problems(path)
+    top = TableReader(data, "", problems)
+    settings = _settings(top.table("settings"))
+    profiles: dict[str, Profile] = {}
+    profiles_table = top.table("profiles")
+    if not profiles_table.names():
+        problems.add("", "profiles", "expected at least one [profiles.NAME] table")
+    for name in profiles_table.names():
+        profile = _profile(name, profiles_table.table(name, required=True), settings)
+        if profile is not None:
+            profiles[name] = profile
+    top.reject_unknown()
+    _check_ports_unique(profiles, problems)
+    problems.raise_if_any()
+    return Config(path=path, settings=settings, profiles=profiles)
+
+
+def _settings(t: TableReader) -> Settings:
+    terminal = t.str_list("terminal")
+    settings = Settings(
+        idle_timeout=t.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        warn_before=t.duration("warn_before", DEFAULT_WARN_BEFORE),
+        terminal=tuple(terminal) if terminal is not None else None,
+        ready_timeout=t.duration("ready_timeout", 300.0, minimum=1),
+        lazy_wait=t.duration("lazy_wait", 180.0, minimum=1),
+        keepalive_interval=t.duration("keepalive_interval", 15.0, minimum=1),
+    )
+    t.reject_unknown()
+    return settings
+
+
+def _profile(name: str, t: TableReader, settings: Settings) -> Profile | None:
+    t.check_name(name)
+    region = t.text("region", required=True)
+    aws_profile = t.text("aws_profile")
+    warn_before = t.duration("warn_before", settings.warn_before)
+    bastion = _bastion(t.table("bastion", required=True), settings)
+    default_user = bastion.user if bastion else None
+    default_key = bastion.identity_file if bastion else None
+    hosts_t, forwards_t = t.table("hosts"), t.table("forwards")
+    hosts = {h: _host(h, hosts_t.table(h, required=True), default_user, default_key)
+             for h in hosts_t.names()}
+    forwards = {f: _forward(f, forwards_t.table(f, required=True)) for f in forwards_t.names()}
+    t.reject_unknown()
+    if bastion is None or region is None:
+        return None
+    return Profile(name=name, region=region, aws_profile=aws_profile, bastion=bastion,
+                   hosts=hosts, forwards=forwards, warn_before=warn_before)
+
+
+def _bastion(t: TableReader, settings: Settings) -> BastionConfig:
+    instance_id = t.instance_id("instance_id")
+    name = t.text("name")
+    has_id, has_name = "instance_id" in t.data, "name" in t.data
+    if has_id == has_name and t.present:
+        t.problem("instance_id", "expected exactly one of instance_id = \"i-…\" or name = \"…\" "
+                  + ("(both are set)" if has_id else "(neither is set)"))
+    bastion = BastionConfig(
+        instance_id=instance_id,
+        name=name,
+        user=t.text("user", default="ec2-user") or "ec2-user",
+        identity_file=t.path("identity_file"),
+        host=t.text("host", default="auto") or "auto",
+        port=t.port("port", 22),
+        host_key=t.fingerprint("host_key"),
+        idle_timeout=t.duration("idle_timeout", settings.idle_timeout, minimum=1),
+        auto_stop=t.flag("auto_stop", True),
+    )
+    t.reject_unknown()
+    return bastion
+
+
+def _host(name: str, t: TableReader, user: str | None, key: Path | None) -> HostConfig:
+    t.check_name(name)
+    host = HostConfig(
+        name=name,
+        hostname=t.text("hostname", required=True) or "",
+        user=t.text("user", default=user) or "ec2-user",
+        identity_file=t.path("identity_file") or key,
+        port=t.port("port", 22),
+    )
+    t.reject_unknown()
+    return host
+
+
+def _forward(name: str, t: TableReader) -> ForwardConfig:
+    t.check_name(name)
+    bind = t.text("bind", default="127.0.0.1") or "127.0.0.1"
+    allow = t.flag("allow_non_loopback_bind", False)
+    from bastion_tray.core.netguard import is_loopback
+
+    if not is_loopback(bind) and not allow:
+        t.problem("bind", f"{bind!r} is not a loopback address: anyone on that network could use "
+                  "the tunnel. Expected 127.0.0.1 (the default), or set "
+                  "allow_non_loopback_bind = true to ask for it explicitly")
+    forward = ForwardConfig(
+        name=name,
+        local_port=t.port("local_port", None),
+        remote_host=t.text("remote_host", required=True) or "",
+        remote_port=t.port("remote_port", None),
+        bind=bind,
+    )
+    t.reject_unknown()
+    return forward
+
+
+def _check_ports_unique(profiles: Mapping[str, Profile], problems: Problems) -> None:
+    seen: dict[int, str] = {}
+    for profile in profiles.values():
+        for fwd in profile.forwards.values():
+            where = f"profiles.{profile.name}.forwards.{fwd.name}"
+            if fwd.local_port and fwd.local_port in seen:
+                problems.add(where, "local_port", f"port {fwd.local_port} is already used by "
+                             f"[{seen[fwd.local_port]}]; expected a local port of its own")
+            elif fwd.local_port:
+                seen[fwd.local_port] = where
+
+
+def expand_path(value: str) -> Path:
+    return Path(os.path.expandvars(value)).expanduser()

@@ -1,0 +1,275 @@
+"""The configuration contract: what loads, and every way a file is rejected (table-driven)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bastion_tray.cli.main import main
+from bastion_tray.core.config import load_config
+from bastion_tray.core.durations import format_duration, parse_duration
+from bastion_tray.core.errors import ConfigError
+from bastion_tray.core.paths import app_paths, config_path
+
+GOOD = """
+[settings]
+idle_timeout = "45m"
+warn_before = 90
+terminal = ["xterm", "-e"]
+
+[profiles.foo]
+region = "ap-northeast-1"
+aws_profile = "foo"
+
+[profiles.foo.bastion]
+name = "foo-bastion"
+user = "ec2-user"
+identity_file = "{key}"
+port = 2222
+idle_timeout = "4s"
+
+[profiles.foo.hosts.appserver]
+hostname = "10.0.0.115"
+
+[profiles.foo.forwards.db]
+local_port = 13306
+remote_host = "foo.abcdefg.ap-northeast-1.rds.amazonaws.com"
+remote_port = 3306
+"""
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "foo.pem"
+    path.write_text("not really a key\n")
+    return path
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def good(key: Path) -> str:
+    return GOOD.replace("{key}", str(key))
+
+
+def test_a_full_config_loads_with_defaults_and_inheritance(tmp_path: Path, key: Path) -> None:
+    cfg = load_config(write(tmp_path, good(key)))
+    foo = cfg.profile("foo")
+    assert cfg.settings.idle_timeout == 45 * 60
+    assert cfg.settings.warn_before == 90
+    assert cfg.settings.terminal == ("xterm", "-e")
+    assert foo.aws_profile == "foo"
+    assert foo.bastion.name == "foo-bastion" and foo.bastion.instance_id is None
+    assert foo.bastion.port == 2222 and foo.bastion.host == "auto"
+    assert foo.bastion.idle_timeout == 4  # the bastion's own value beats [settings]
+    assert foo.bastion.auto_stop is True
+    app = foo.hosts["appserver"]
+    assert (app.user, app.identity_file, app.port) == ("ec2-user", key, 22)  # from the bastion
+    db = foo.forwards["db"]
+    assert (db.bind, db.local_port, db.remote_port) == ("127.0.0.1", 13306, 3306)
+    assert db.local == "127.0.0.1:13306"
+
+
+def test_settings_idle_timeout_applies_when_the_bastion_has_none(tmp_path: Path, key: Path) -> None:
+    cfg = load_config(write(tmp_path, good(key).replace('idle_timeout = "4s"\n', "")))
+    assert cfg.profile("foo").bastion.idle_timeout == 45 * 60
+
+
+def test_tilde_in_identity_file_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            key: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(write(tmp_path, good(key).replace(str(key), "~/foo.pem")))
+    assert cfg.profile("foo").bastion.identity_file == key
+
+
+def test_an_instance_id_instead_of_a_name(tmp_path: Path, key: Path) -> None:
+    text = good(key).replace('name = "foo-bastion"', 'instance_id = "i-0123456789abcdef0"')
+    assert load_config(write(tmp_path, text)).profile("foo").bastion.instance_id \
+        == "i-0123456789abcdef0"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), (45, 45), ("500ms", 0.5),
+    ("120", 120),
+])
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["2x", "", "m30", "-5", True, [1], "30 minutes"])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (4, 59, 61, 1080, 3600, 5400)] == \
+        ["4 s", "59 s", "1 min", "18 min", "1 h", "1 h 30 min"]
+
+
+# (what is wrong, edit of the good file, text every message must contain)
+BAD = [
+    ("unknown key with a near miss",
+     ('idle_timeout = "45m"', 'idle_timout = "45m"'),
+     ["[settings] idle_timout", "did you mean 'idle_timeout'"]),
+    ("unknown key in a profile",
+     ('aws_profile = "foo"', 'aws_profile = "foo"\nregoin = "x"'),
+     ["[profiles.foo] regoin", "did you mean 'region'"]),
+    ("wrong type: port as a string",
+     ("port = 2222", 'port = "2222"'),
+     ["[profiles.foo.bastion] port", "expected a port number 1–65535", "'2222'"]),
+    ("wrong type: auto_stop as a string",
+     ("port = 2222", 'port = 2222\nauto_stop = "yes"'),
+     ["[profiles.foo.bastion] auto_stop", "expected true or false"]),
+    ("wrong type: terminal not a list",
+     ('terminal = ["xterm", "-e"]', 'terminal = "xterm -e"'),
+     ["[settings] terminal", "array of strings"]),
+    ("both instance_id and name",
+     ('name = "foo-bastion"', 'name = "foo-bastion"\ninstance_id = "i-0123456789abcdef0"'),
+     ["[profiles.foo.bastion] instance_id", "exactly one of", "both are set"]),
+    ("neither instance_id nor name",
+     ('name = "foo-bastion"', ""),
+     ["[profiles.foo.bastion] instance_id", "exactly one of", "neither is set"]),
+    ("malformed instance id",
+     ('name = "foo-bastion"', 'instance_id = "i-xyz"'),
+     ["[profiles.foo.bastion] instance_id", "8 or 17 hex digits", "'i-xyz'"]),
+    ("port above 65535",
+     ("port = 2222", "port = 70000"),
+     ["[profiles.foo.bastion] port", "1–65535", "70000"]),
+    ("port zero on a forward",
+     ("local_port = 13306", "local_port = 0"),
+     ["[profiles.foo.forwards.db] local_port", "1–65535"]),
+    ("missing required key",
+     ('remote_host = "foo.abcdefg.ap-northeast-1.rds.amazonaws.com"', ""),
+     ["[profiles.foo.forwards.db] remote_host", "required"]),
+    ("missing region",
+     ('region = "ap-northeast-1"', ""),
+     ["[profiles.foo] region", "required"]),
+    ("non-loopback bind not allowed",
+     ("remote_port = 3306", 'remote_port = 3306\nbind = "0.0.0.0"'),
+     ["[profiles.foo.forwards.db] bind", "not a loopback address", "allow_non_loopback_bind"]),
+    ("bad duration",
+     ('idle_timeout = "4s"', 'idle_timeout = "soon"'),
+     ["[profiles.foo.bastion] idle_timeout", "\"30m\""]),
+    ("missing key file",
+     ("foo.pem", "nope.pem"),
+     ["[profiles.foo.bastion] identity_file", "does not exist"]),
+    ("bad host-key pin",
+     ("port = 2222", 'port = 2222\nhost_key = "abc"'),
+     ["[profiles.foo.bastion] host_key", "SHA256:"]),
+    ("a name that cannot be an ssh Host",
+     ("[profiles.foo.hosts.appserver]", '[profiles.foo.hosts."app server"]'),
+     ["[profiles.foo.hosts.app server]", "must be letters"]),
+    ("a profile that is not a table",
+     ("[profiles.foo]\n", '[profiles]\nbar = 3\n[profiles.foo]\n'),
+     ["[profiles] bar", "expected a table"]),
+]
+
+
+@pytest.mark.parametrize(("edit", "expect"), [(e, x) for _, e, x in BAD],
+                         ids=[name for name, _, _ in BAD])
+def test_bad_configs_are_rejected_with_file_key_and_expectation(
+        tmp_path: Path, key: Path, edit: tuple[str, str], expect: list[str]) -> None:
+    text = good(key)
+    assert edit[0] in text, "the test's edit must apply"
+    path = write(tmp_path, text.replace(edit[0], edit[1], 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for part in expect:
+        assert part in message
+
+
+def test_two_forwards_on_one_local_port_across_profiles(tmp_path: Path, key: Path) -> None:
+    text = good(key) + textwrap.dedent(f"""
+        [profiles.bar]
+        region = "eu-west-1"
+        [profiles.bar.bastion]
+        instance_id = "i-0123456789abcdef0"
+        identity_file = "{key}"
+        [profiles.bar.forwards.pg]
+        local_port = 13306
+        remote_host = "pg"
+        remote_port = 5432
+    """)
+    with pytest.raises(ConfigError, match=r"\[profiles.bar.forwards.pg\] local_port: port 13306 "
+                                          r"is already used by \[profiles.foo.forwards.db\]"):
+        load_config(write(tmp_path, text))
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path, key: Path) -> None:
+    text = good(key).replace("port = 2222", "port = 0").replace("idle_timeout = \"45m\"",
+                                                                 "idle = 1")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert len(info.value.problems) == 2
+
+
+def test_non_loopback_bind_when_explicitly_allowed(tmp_path: Path, key: Path) -> None:
+    text = good(key).replace("remote_port = 3306",
+                             'remote_port = 3306\nbind = "0.0.0.0"\nallow_non_loopback_bind = true')
+    assert load_config(write(tmp_path, text)).profile("foo").forwards["db"].bind == "0.0.0.0"
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[settings]\nidle_timeout = "30m\n')
+    with pytest.raises(ConfigError, match=r"TOML syntax error.*line 2") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_says_where_the_path_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not found \(chosen by \$BASTION_TRAY_CONFIG\)"):
+        load_config(tmp_path / "nope.toml", "$BASTION_TRAY_CONFIG")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    # a directory cannot be read as a file, even by root (chmod 000 would not stop root)
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path)
+
+
+def test_no_profiles(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"profiles: expected at least one \[profiles.NAME\]"):
+        load_config(write(tmp_path, "[settings]\n"))
+
+
+def test_config_path_precedence(tmp_path: Path) -> None:
+    env = {"BASTION_TRAY_CONFIG": str(tmp_path / "env.toml"), "BASTION_TRAY_HOME": str(tmp_path)}
+    assert config_path("/x/cli.toml", env) == (Path("/x/cli.toml"), "--config")
+    assert config_path(None, env) == (tmp_path / "env.toml", "$BASTION_TRAY_CONFIG")
+    home_only = {"BASTION_TRAY_HOME": str(tmp_path)}
+    assert config_path(None, home_only) == (tmp_path / "config" / "config.toml",
+                                            "default location")
+    default, _ = config_path(None, {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "x")})
+    assert default.name == "config.toml" and default.parent.name == "bastion-tray"
+
+
+def test_bastion_tray_home_holds_everything(tmp_path: Path) -> None:
+    paths = app_paths({"BASTION_TRAY_HOME": str(tmp_path)})
+    for p in (paths.default_config, paths.known_hosts, paths.socket, paths.daemon_log):
+        assert tmp_path in p.parents
+
+
+def test_check_config_prints_profiles(tmp_path: Path, key: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, good(key))
+    assert main(["--config", str(path), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "foo: region ap-northeast-1" in out
+    assert "forward db: 127.0.0.1:13306 → foo.abcdefg" in out
+    assert "host appserver: ec2-user@10.0.0.115:22" in out
+
+
+def test_check_config_exits_2_with_the_problems(tmp_path: Path, key: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, good(key).replace("port = 2222", "port = 99999"))
+    assert main(["--config", str(path), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "port" in err and "99999" in err
