@@ -1,0 +1,204 @@
+"""botocore errors → CloudError / CredentialsError that say what failed and what to do.
+
+`translate()` is the single place where that happens. It is pure data in, error out (it reads
+AWS_PROFILE to name the profile in a hint, nothing else), so tests feed it hand-built botocore
+exceptions; the adapter in cloud.py calls it at the edge of every EC2 call.
+"""
+
+from __future__ import annotations
+
+import os
+
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from bastion_tray.core.config import Profile
+from bastion_tray.core.errors import CloudError, CredentialsError
+
+NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
+DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+#: the key pair itself is refused (deleted access key, wrong secret, typo)
+REJECTED = frozenset({"AuthFailure", "InvalidClientTokenId", "UnrecognizedClientException",
+                      "SignatureDoesNotMatch"})
+#: botocore retries these itself (standard retry mode); seen here only once retries ran out
+THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
+
+#: botocore exceptions (by class name, anywhere in the MRO) that mean "no usable credentials".
+#: By name because some (Login*) exist only in newer botocore releases.
+_CREDENTIAL_CLASSES = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+    "TokenRetrievalError", "NoAuthTokenError", "ProfileNotFound", "SSOError", "LoginError",
+    "RefreshWithMFAUnsupportedError",
+})
+_SSO_CLASSES = frozenset({"SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError"})
+#: the SSO portal's own call, made while resolving SSO credentials
+_SSO_OPERATIONS = frozenset({"GetRoleCredentials"})
+
+_DOING = {
+    "DescribeInstances": "describe",
+    "DescribeAddresses": "look up the Elastic IP of",
+    "StartInstances": "start",
+    "StopInstances": "stop",
+}
+
+
+def login_profile(profile: Profile) -> str:
+    """The AWS profile boto3 uses for `profile`: aws_profile, else $AWS_PROFILE, else default."""
+    return (profile.aws_profile or os.environ.get("AWS_PROFILE")
+            or os.environ.get("AWS_DEFAULT_PROFILE") or "default")
+
+
+def where(profile: Profile) -> str:
+    """'ap-northeast-1 (AWS profile foo)': the region and credentials a call used."""
+    if profile.aws_profile:
+        creds = f"AWS profile {profile.aws_profile}"
+    elif os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE"):
+        creds = f"AWS profile {login_profile(profile)} from the environment"
+    else:
+        creds = "default AWS credentials"
+    return f"{profile.region} ({creds})"
+
+
+def credentials_hint(profile: Profile, uses_sso: bool) -> str:
+    name = login_profile(profile)
+    if uses_sso:
+        return f"run: aws sso login --profile {name}"
+    return f"configure credentials: aws configure --profile {name}, or set AWS_PROFILE"
+
+
+def instance_not_found(profile: Profile, instance_id: str, code: str) -> CloudError:
+    return CloudError(f"instance {instance_id} not found in region {where(profile)}: {code}",
+                      hint=f"check instance_id in [profiles.{profile.name}.bastion] and the "
+                           "profile's region")
+
+
+def is_denied(exc: BaseException | None) -> bool:
+    """Whether `exc` is a ClientError saying the credentials lack an IAM permission."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in DENIED
+
+
+def translate(exc: BaseException, action: str, profile: Profile, *,
+              instance_id: str | None = None, uses_sso: bool = False,
+              state: str | None = None) -> CloudError:
+    """The CloudError (or CredentialsError) to raise for `exc`, raised by EC2 `action`.
+
+    `action` is the EC2 operation ("StartInstances"); `instance_id` the instance it was about
+    (default: the configured id or Name); `uses_sso` whether the AWS profile logs in through
+    IAM Identity Center; `state` the instance's state when known (for IncorrectInstanceState).
+    """
+    target = instance_id or profile.bastion.label
+    doing = f"{_DOING.get(action, action)} instance {target}"
+    uses_sso = uses_sso or _is_sso_error(exc)
+
+    if isinstance(exc, ClientError):
+        return _client_error(exc, action, profile, target, doing, uses_sso, state)
+    names = _class_names(exc)
+    if names & _CREDENTIAL_CLASSES:
+        return _credentials_error(exc, names, profile, doing, uses_sso)
+    # ConnectionError: EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError, SSL;
+    # HTTPClientError: ReadTimeoutError, ConnectionClosedError
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        kwargs = getattr(exc, "kwargs", {})
+        url = kwargs.get("endpoint_url") or kwargs.get("proxy_url") or "its endpoint"
+        return CloudError(
+            f"cannot reach the EC2 API at {url} to {doing}: {exc}",
+            hint=f"check the network/VPN and the region ({profile.region}); AWS_ENDPOINT_URL "
+                 "and AWS_ENDPOINT_URL_EC2, when set, choose the endpoint instead")
+    if isinstance(exc, BotoCoreError):
+        return CloudError(f"could not {doing} in {where(profile)}: {exc}")
+    return CloudError(f"could not {doing} in {where(profile)}: {type(exc).__name__}: {exc}")
+
+
+def _client_error(exc: ClientError, action: str, profile: Profile, target: str, doing: str,
+                  uses_sso: bool, state: str | None) -> CloudError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    aws_message = _first_line(str(error.get("Message", "")))
+    here = where(profile)
+
+    if code in NOT_FOUND:
+        return instance_not_found(profile, target, code)
+    if exc.operation_name in _SSO_OPERATIONS or code in EXPIRED:
+        reason = ("the SSO login has expired" if uses_sso
+                  else "the AWS credentials have expired")
+        if code == "RequestExpired" and not uses_sso:
+            reason += " (or this computer's clock is off)"
+        return CredentialsError(f"could not {doing}: {reason} ({code}: {aws_message})",
+                                hint=credentials_hint(profile, uses_sso))
+    if code in REJECTED:
+        return CredentialsError(f"could not {doing}: AWS rejected the credentials of {here} "
+                                f"({code}: {aws_message})",
+                                hint=credentials_hint(profile, uses_sso))
+    if code in DENIED:
+        return CloudError(
+            f"not allowed to call ec2:{action} on {target} in {here}: {aws_message or code}",
+            hint=f'add "ec2:{action}" to the IAM policy of these credentials '
+                 "(the README's IAM policy lists every action bastion-tray needs)")
+    if code == "IncorrectInstanceState":
+        it_is = f"it is {state}" if state else aws_message
+        return CloudError(f"cannot {doing}: {it_is}", hint=_state_hint(state))
+    if code in THROTTLED:
+        attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
+        tries = f" after {int(attempts) + 1} attempts" if attempts is not None else ""
+        return CloudError(f"EC2 throttled the request to {doing}{tries} ({code})",
+                          hint="too many EC2 API calls in this account right now; "
+                               "try again in a minute")
+    if code == "InsufficientInstanceCapacity":
+        return CloudError(f"cannot {doing}: AWS has no capacity for its instance type in its "
+                          f"availability zone right now ({aws_message})",
+                          hint="try again in a few minutes")
+    return CloudError(f"could not {doing} in {here}: {code}: {aws_message}")
+
+
+def _credentials_error(exc: BaseException, names: frozenset[str], profile: Profile,
+                       doing: str, uses_sso: bool) -> CredentialsError:
+    if "ProfileNotFound" in names:
+        name = str(getattr(exc, "kwargs", {}).get("profile") or login_profile(profile))
+        chosen_by = (f"aws_profile in [profiles.{profile.name}]" if profile.aws_profile
+                     else "AWS_PROFILE")
+        return CredentialsError(
+            f"could not {doing}: AWS profile {name!r} is not in the AWS config files",
+            hint=f"create it (aws configure --profile {name}, or aws configure sso --profile "
+                 f"{name}), or fix {chosen_by}")
+    if "LoginError" in names:
+        return CredentialsError(f"could not {doing}: the AWS login session is not usable: {exc}",
+                                hint=f"run: aws login --profile {login_profile(profile)}")
+    if "NoCredentialsError" in names:
+        what = "no AWS credentials were found"
+    elif uses_sso:
+        what = f"the SSO login is missing or has expired: {exc}"
+    else:
+        what = f"the AWS credentials could not be loaded: {exc}"
+    return CredentialsError(f"could not {doing} in {where(profile)}: {what}",
+                            hint=credentials_hint(profile, uses_sso))
+
+
+def _state_hint(state: str | None) -> str:
+    if state in {"terminated", "shutting-down"}:
+        return "the instance is gone: point the profile's bastion at a live instance"
+    if state == "stopping":
+        return "wait until it has stopped, then start it again"
+    if state == "pending":
+        return "wait until it is running"
+    return "try again once the instance is running or stopped"
+
+
+def _is_sso_error(exc: BaseException) -> bool:
+    if _class_names(exc) & _SSO_CLASSES:
+        return True
+    if isinstance(exc, ClientError):
+        return exc.operation_name in _SSO_OPERATIONS
+    provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
+    return "sso" in provider.lower()
+
+
+def _class_names(exc: BaseException) -> frozenset[str]:
+    return frozenset(cls.__name__ for cls in type(exc).__mro__)
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    """AWS's message, without the encoded blob EC2 appends to UnauthorizedOperation."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = line.split(" Encoded authorization failure message", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
