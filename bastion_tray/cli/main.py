@@ -35,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if loopback_only():
         install_audit_guard()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after "--" belongs to the command (shell's remote CMD), never to argparse
+    tail = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:len(argv) - len(tail) - (1 if "--" in argv else 0)])
+    args.trailing = tail
     from bastion_tray.cli.logs import configure_logging
 
     configure_logging(args.verbose)

@@ -7,9 +7,12 @@ interpreter exiting) stops every process it started, also after a start that fai
 from __future__ import annotations
 
 import atexit
+import contextlib
 import getpass
 import logging
+import os
 import random
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +26,7 @@ from bastion_tray.sandbox.errors import SandboxError
 from bastion_tray.sandbox.mariadb import MariaDB
 from bastion_tray.sandbox.net import can_bind, free_port, pick_loopback_address, ssh_banner
 from bastion_tray.sandbox.prereqs import find_tool, missing_prerequisites, sftp_server
-from bastion_tray.sandbox.procs import ProcessSet, wait_for
+from bastion_tray.sandbox.procs import ProcessSet, descendants, wait_for
 from bastion_tray.sandbox.sshd import Sshd, SshdSpec
 from bastion_tray.sandbox.watcher import BastionWatcher
 
@@ -209,6 +212,25 @@ class Sandbox:
         if self.instance_state() != "running" or self._bastion is None:
             raise SandboxError("restart_bastion_sshd needs the bastion instance running")
         self._bastion.restart()
+
+    def freeze_bastion(self) -> list[int]:
+        """SIGSTOP the bastion sshd and its sessions: a dead peer (laptop on another network).
+
+        Connections stay open but nothing answers; `thaw_bastion(pids)` resumes them.
+        """
+        pid = self._bastion.pid if self._bastion is not None else None
+        if pid is None:
+            raise SandboxError("freeze_bastion needs the bastion sshd running")
+        frozen = [pid, *descendants(pid)]
+        for each in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGSTOP)
+        return frozen
+
+    def thaw_bastion(self, frozen: list[int]) -> None:
+        for each in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGCONT)
 
     def reset(self, timeout: float = 10.0) -> None:
         """Back to the seeded state: the bastion instance stopped and its sshd down."""

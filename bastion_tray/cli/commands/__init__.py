@@ -1,5 +1,15 @@
 """One module per subcommand; each has `register(subparsers)` that sets `run` as the default."""
 
-from bastion_tray.cli.commands import check_config
+from bastion_tray.cli.commands import (
+    check_config,
+    daemon,
+    proxy,
+    shell,
+    ssh_config,
+    status,
+    stop,
+    trust,
+    up,
+)
 
-ALL = [check_config]
+ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, check_config]

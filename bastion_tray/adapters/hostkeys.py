@@ -1,0 +1,303 @@
+"""Host-key verification for the bastion: never trust on first use, never replace silently.
+
+Keys come from three places, checked in this order:
+
+1. the profile's ``host_key`` pin (a ``SHA256:…`` fingerprint). When set it alone decides.
+2. the app's own known_hosts (``AppPaths.known_hosts``): read and written, but written only by
+   `HostKeyStore.record`, which ``bastion-tray trust`` calls after the user confirmed.
+3. the user's ``~/.ssh/known_hosts``: read only, hashed (``|1|…``) and wildcard entries included.
+
+Entries are keyed as OpenSSH keys them: ``host`` for port 22, ``[host]:port`` otherwise. A key
+recorded for one address says nothing about another: a bastion without an Elastic IP gets a new
+public address at every start, so its key must be trusted again (or pinned with ``host_key``,
+which does not depend on the address).
+
+We drive `paramiko.Transport` ourselves rather than `SSHClient`, so instead of a
+`MissingHostKeyPolicy` the check runs right after key exchange (`negotiate`) and before any
+authentication: an unknown or changed key fails before a signature or a username is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from bastion_tray.adapters.readiness import hostport, open_tcp
+from bastion_tray.core.errors import HostKeyError, SSHError
+from bastion_tray.core.paths import ensure_private_dir
+
+log = logging.getLogger(__name__)
+
+#: the host-key algorithms paramiko negotiates for each key type found in a known_hosts file
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """``SHA256:…`` exactly as ``ssh-keygen -lf`` prints it (unpadded base64 of the blob hash)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """How OpenSSH names the host in known_hosts: ``host`` on port 22, else ``[host]:port``."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    """One key a store knows for the host being checked."""
+
+    key_type: str  # "ssh-ed25519", "ssh-rsa", … (None-typed pins use "")
+    fingerprint: str
+    path: Path | None  # None: the config's host_key pin
+    line: int = 0
+    revoked: bool = False  # an OpenSSH "@revoked" line
+    blob: bytes = b""
+
+    @property
+    def where(self) -> str:
+        return "host_key in the config" if self.path is None else f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class HostKeyCheck:
+    """What the stores say about a presented key: status is trusted, unknown, changed or revoked."""
+
+    status: str
+    fingerprint: str
+    key_type: str
+    matched: KnownKey | None = None  # the entry that vouches for it (trusted)
+    conflicts: tuple[KnownKey, ...] = ()  # same-type keys that differ (changed), or the revocation
+    others: tuple[KnownKey, ...] = ()  # keys of other types known for this address
+
+    @property
+    def trusted(self) -> bool:
+        return self.status == "trusted"
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """OpenSSH wildcards are only ``*`` and ``?``: ``[host]:port`` brackets are literal."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+    return re.compile("".join(parts))
+
+
+def _host_matches(patterns: str, name: str) -> bool:
+    """OpenSSH's matching: comma-separated patterns, ``|1|`` hashes, ``*``/``?``, ``!`` negation."""
+    matched = False
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        pattern = pattern[1:] if negated else pattern
+        if pattern.startswith("|1|"):
+            try:
+                hit = paramiko.HostKeys.hash_host(name, pattern) == pattern
+            except (ValueError, AssertionError, IndexError):
+                hit = False
+        else:
+            hit = _glob(pattern).fullmatch(name.lower()) is not None
+        if hit and negated:
+            return False
+        matched = matched or hit
+    return matched
+
+
+def read_known_hosts(path: Path, name: str) -> list[KnownKey]:
+    """Every key `path` holds for `name` (a missing file holds none; bad lines are skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("cannot read %s: %s; ignoring it", path, exc.strerror)
+        return []
+    found = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        fields = raw.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        revoked = fields[0] == "@revoked"
+        if fields[0].startswith("@"):
+            if not revoked:  # @cert-authority: host certificates are not supported
+                continue
+            fields = fields[1:]
+        if len(fields) < 3 or not _host_matches(fields[0], name):
+            continue
+        try:
+            key = paramiko.PKey.from_type_string(fields[1], base64.b64decode(fields[2]))
+        except Exception:  # one odd line must not hide the others
+            log.debug("%s:%d: unusable %s key line; skipped", path, lineno, fields[1])
+            continue
+        found.append(KnownKey(key.get_name(), fingerprint(key), path, lineno, revoked,
+                              key.asbytes()))
+    return found
+
+
+class HostKeyStore:
+    """The bastion's trusted host keys: config pin, app known_hosts, user known_hosts."""
+
+    def __init__(self, app_known_hosts: Path, *, pin: str | None = None,
+                 user_known_hosts: Path | None = None) -> None:
+        self.app_known_hosts = app_known_hosts
+        #: None → ~/.ssh/known_hosts; tests pass a path of their own
+        self.user_known_hosts = (user_known_hosts if user_known_hosts is not None
+                                 else Path.home() / ".ssh" / "known_hosts")
+        self.pin = pin
+
+    def known(self, host: str, port: int) -> list[KnownKey]:
+        name = known_hosts_name(host, port)
+        return (read_known_hosts(self.app_known_hosts, name)
+                + read_known_hosts(self.user_known_hosts, name))
+
+    def check(self, host: str, port: int, key: paramiko.PKey) -> HostKeyCheck:
+        """Classify `key` presented by `host:port`; never raises, never writes."""
+        fp, key_type, blob = fingerprint(key), key.get_name(), key.asbytes()
+        if self.pin is not None:
+            pin = KnownKey("", self.pin, None)
+            if pin.fingerprint == fp:
+                return HostKeyCheck("trusted", fp, key_type, matched=pin)
+            return HostKeyCheck("changed", fp, key_type, conflicts=(pin,))
+        entries = self.known(host, port)
+        revoked = tuple(e for e in entries if e.revoked and e.blob == blob)
+        if revoked:
+            return HostKeyCheck("revoked", fp, key_type, conflicts=revoked)
+        valid = [e for e in entries if not e.revoked]
+        for entry in valid:
+            if entry.blob == blob:
+                return HostKeyCheck("trusted", fp, key_type, matched=entry)
+        same = tuple(e for e in valid if e.key_type == key_type)
+        others = tuple(e for e in valid if e.key_type != key_type)
+        return HostKeyCheck("changed" if same else "unknown", fp, key_type,
+                            conflicts=same, others=others)
+
+    def verify(self, host: str, port: int, key: paramiko.PKey, *, profile: str) -> HostKeyCheck:
+        """`check`, raising HostKeyError unless the key is trusted."""
+        result = self.check(host, port, key)
+        if not result.trusted:
+            raise host_key_error(result, host, port, profile)
+        log.debug("[profile=%s bastion=%s] host key %s trusted via %s", profile,
+                  hostport(host, port), result.fingerprint, result.matched and result.matched.where)
+        return result
+
+    def preferred_key_types(self, host: str, port: int,
+                            default: tuple[str, ...]) -> tuple[str, ...]:
+        """`default` reordered so the types we know a key of come first, as OpenSSH does.
+
+        Without this a server with several host keys would show its ed25519 key although the
+        user's known_hosts vouches for its ecdsa one. Nothing is removed from `default`.
+        """
+        if self.pin is not None:
+            return default
+        known: list[str] = []
+        for entry in self.known(host, port):
+            for algorithm in _ALGORITHMS.get(entry.key_type, (entry.key_type,)):
+                if algorithm in default and algorithm not in known:
+                    known.append(algorithm)
+        return tuple(known) + tuple(a for a in default if a not in known)
+
+    def record(self, host: str, port: int, key: paramiko.PKey) -> Path:
+        """Append `key` for `host:port` to the app's known_hosts (dir 0700, file 0600).
+
+        Only ``bastion-tray trust`` calls this, after the user confirmed the fingerprint. A key
+        that conflicts with one already known is refused: the old line must be removed by hand
+        after verifying, so a changed key is never replaced silently.
+        """
+        result = HostKeyStore(self.app_known_hosts,
+                              user_known_hosts=self.user_known_hosts).check(host, port, key)
+        if result.trusted and result.matched and result.matched.path == self.app_known_hosts:
+            return self.app_known_hosts
+        if result.status in ("changed", "revoked"):
+            raise host_key_error(result, host, port, profile=None)
+        ensure_private_dir(self.app_known_hosts.parent)
+        line = f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+        fd = os.open(self.app_known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+            if os.name != "nt":
+                os.fchmod(handle.fileno(), 0o600)
+            handle.write(line)
+        log.info("[bastion=%s] recorded host key %s in %s", hostport(host, port),
+                 result.fingerprint, self.app_known_hosts)
+        return self.app_known_hosts
+
+
+def host_key_error(result: HostKeyCheck, host: str, port: int,
+                   profile: str | None) -> HostKeyError:
+    """The HostKeyError for a check that did not pass, with the way out in its hint."""
+    where = f"bastion {hostport(host, port)}" + (f" (profile {profile})" if profile else "")
+    trust = f"bastion-tray trust {profile}" if profile else "bastion-tray trust PROFILE"
+    fp = result.fingerprint
+    if result.status == "unknown":
+        extra = ""
+        if result.others:
+            kinds = ", ".join(sorted({e.key_type for e in result.others}))
+            extra = f" ({result.key_type}; only {kinds} keys are known for this address)"
+        return HostKeyError(f"unknown host key for {where}: {fp}{extra}", fingerprint=fp,
+                            hint=f"verify it, then run: {trust}")
+    old = result.conflicts[0]
+    if result.status == "revoked":
+        return HostKeyError(
+            f"the host key of {where} is REVOKED ({old.where}): {fp}. Refusing to connect.",
+            fingerprint=fp, hint="ask whoever runs the bastion why its key was revoked")
+    known = "\n".join(f"  known:     {e.fingerprint}{' ' + e.key_type if e.key_type else ''} "
+                      f"({e.where})" for e in result.conflicts)
+    message = (
+        f"HOST KEY CHANGED for {where}!\n{known}\n"
+        f"  presented: {fp} {result.key_type}\n"
+        "This could be an attack (someone intercepting the connection), or the instance was "
+        "rebuilt or replaced and has a new host key. No credentials were sent, nothing was changed."
+    )
+    if old.path is None:
+        hint = ("verify the new fingerprint (e.g. in the instance's console output), then "
+                "update host_key in the config")
+    else:
+        name = known_hosts_name(host, port)
+        hint = (f"verify the new fingerprint (e.g. in the instance's console output), then remove "
+                f"line {old.line} from {old.path} (ssh-keygen -R '{name}' -f {old.path}) "
+                f"and run: {trust}")
+    return HostKeyError(message, fingerprint=fp, hint=hint)
+
+
+def negotiate(transport: paramiko.Transport, host: str, port: int, *,
+              timeout: float) -> paramiko.PKey:
+    """Run key exchange on `transport` and return the server's host key (SSHError on failure)."""
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        transport.close()
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            detail = "timed out"
+        raise SSHError(
+            f"SSH handshake with the bastion at {hostport(host, port)} failed: {detail}",
+            hint="the port answers but not as a working SSH server: check host and port in the "
+                 "config, or wait a moment if the instance is still booting",
+        ) from None
+    if not transport.is_active():
+        raise SSHError(f"SSH handshake with the bastion at {hostport(host, port)} timed out "
+                       f"after {timeout:g} s")
+    return transport.get_remote_server_key()
+
+
+def fetch_host_key(host: str, port: int, timeout: float = 15.0, *,
+                   key_types: tuple[str, ...] | None = None) -> paramiko.PKey:
+    """Key exchange only, then hang up: the server's host key, for ``bastion-tray trust``.
+
+    Nothing is authenticated and nothing is trusted here; the caller shows `fingerprint()` of
+    the result to the user before it calls `HostKeyStore.record`.
+    """
+    sock = open_tcp(host, port, timeout=timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        if key_types:
+            transport.get_security_options().key_types = key_types
+        return negotiate(transport, host, port, timeout=timeout)
+    finally:
+        transport.close()
+        sock.close()

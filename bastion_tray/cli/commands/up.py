@@ -1,0 +1,50 @@
+"""`up PROFILE` (bastion, SSH, every forward) and `connect PROFILE FORWARD` (one forward)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bastion_tray.cli import session
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="start the bastion, connect SSH, open every forward")
+    p.add_argument("profile")
+    p.set_defaults(run=run_up)
+    c = sub.add_parser("connect", help="open one forward (starting what it needs); "
+                                       "prints its local address")
+    c.add_argument("profile")
+    c.add_argument("forward")
+    c.add_argument("--lazy", action="store_true",
+                   help="only listen; the first connection starts the bastion")
+    c.set_defaults(run=run_connect)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    config = session.load(args)
+    profile = session.profile_arg(config, args.profile)
+    progress = session.ProgressPrinter()
+    with session.connect(config) as client:
+        snap = client.request("up", profile=profile.name, on_event=progress)
+    progress.done(f"{profile.name}: ready ({snap['bastion']['host']})")
+    for name, f in snap["forwards"].items():
+        print(f"{name}: {f['local']} → {f['remote']}")
+    return 0
+
+
+def run_connect(args: argparse.Namespace) -> int:
+    config = session.load(args)
+    profile = session.profile_arg(config, args.profile)
+    if args.forward not in profile.forwards:
+        from bastion_tray.core.errors import UsageError
+
+        known = ", ".join(sorted(profile.forwards)) or "none"
+        raise UsageError(f"unknown forward {args.forward!r} in profile {profile.name} "
+                         f"(known forwards: {known})")
+    progress = session.ProgressPrinter()
+    with session.connect(config) as client:
+        reply = client.request("connect", profile=profile.name, forward=args.forward,
+                               lazy=args.lazy, on_event=progress)
+    progress.done()
+    print(reply["local"])
+    return 0

@@ -1,0 +1,85 @@
+"""What every client command shares: the config, the daemon (spawned when none runs), progress."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from bastion_tray.core.config import Config, Profile
+from bastion_tray.core.paths import AppPaths, app_paths, config_path, ensure_private_dir
+
+if TYPE_CHECKING:
+    from bastion_tray.service.control_client import ControlClient
+
+
+def load(args: argparse.Namespace) -> Config:
+    from bastion_tray.core.config import load_config
+
+    path, source = config_path(args.config)
+    return load_config(path, source)
+
+
+def daemon_argv(config: Config) -> list[str]:
+    """How to start the daemon: this interpreter, this package, this config file."""
+    return [sys.executable, "-m", "bastion_tray", "--config", str(config.path.resolve()),
+            "daemon"]
+
+
+def connect(config: Config, paths: AppPaths | None = None) -> ControlClient:
+    """A client of the running daemon, starting one in the background when none answers."""
+    from bastion_tray.service.spawn import ensure_daemon
+
+    paths = paths or app_paths()
+    ensure_private_dir(paths.log_dir)
+    return ensure_daemon(paths, argv=daemon_argv(config), log_path=paths.daemon_log)
+
+
+def profile_arg(config: Config, name: str) -> Profile:
+    return config.profile(name)  # UsageError (exit 2) listing the known profiles
+
+
+class ProgressPrinter:
+    """Prints the daemon's progress events on stderr: one line per phase, elapsed time."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.began = time.monotonic()
+        self.last: tuple[str, str] | None = None
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "progress":
+            return
+        phase, detail = str(event.get("phase", "")), str(event.get("detail", ""))
+        elapsed = time.monotonic() - self.began
+        line = f"{event.get('profile', '')}: {phase}… {detail} [{elapsed:.0f} s]"
+        if self.tty:
+            end = "\n" if self.last and self.last[0] != phase else ""
+            self.stream.write(f"{end}\r\033[K{line}")
+        elif self.last is None or self.last[0] != phase:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.last = (phase, detail)
+
+    def done(self, message: str | None = None) -> None:
+        if self.tty and self.last is not None:
+            self.stream.write("\n")
+        if message:
+            self.stream.write(message + "\n")
+        self.stream.flush()
+
+
+def proxy_command(config: Config, profile: str, target: str = "%h %p") -> str:
+    """The ProxyCommand line that sends ssh through the daemon (for ssh-config and shell)."""
+    import shlex
+
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+           if k in ("BASTION_TRAY_HOME", "BASTION_TRAY_LOOPBACK_ONLY")]
+    prefix = (["env", *env] if env and os.name != "nt" else [])
+    argv = [*prefix, sys.executable, "-m", "bastion_tray", "--config",
+            str(config.path.resolve()), "proxy", profile]
+    return " ".join(shlex.quote(a) if not a.startswith(("BASTION_TRAY_",)) else a
+                    for a in argv) + f" {target}"

@@ -1,0 +1,316 @@
+"""The control socket's server: the only door to the daemon.
+
+A thread per connection reads request lines and hands each to the daemon's handler as a
+`Request`; the handler answers with events and one final ok or error (wire: control_client.py).
+`ping` is answered here, so a client can probe a daemon that is still starting. One daemon per
+user: `start()` claims the instance (spawn.py: lock, pidfile, listening socket) and `close()`
+gives it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bastion_tray import __version__
+from bastion_tray.core.errors import BastionTrayError, DaemonError, UsageError
+from bastion_tray.core.paths import AppPaths
+from bastion_tray.service.control_client import (
+    LineReader,
+    decode_line,
+    encode_line,
+    transport_name,
+)
+from bastion_tray.service.spawn import DaemonInstance, Listener
+
+log = logging.getLogger("bastion_tray.control")
+
+MAX_REQUEST_LINE = 1024 * 1024
+STREAM_OPS = frozenset({"subscribe"})  # ops whose events keep coming after the ok
+CLOSE_GRACE = 2.0  # how long close() waits for connection threads to notice
+
+
+class ClientGone(DaemonError):
+    """The client closed its connection; `send_event` raises it so a stream can end."""
+
+
+class Request:
+    """One request on the control socket, as the handler sees it.
+
+    The handler runs in the connection's thread and answers before it returns: events with
+    `send_event`, then `reply_ok` or `reply_error` (or it raises a BastionTrayError, which the
+    server sends for it). After an ok it may `detach()` the socket to carry raw bytes.
+    """
+
+    def __init__(self, conn: socket.socket, reader: LineReader, op: str, args: dict[str, Any],
+                 server_closing: threading.Event) -> None:
+        self.op, self.args = op, args
+        self._conn, self._reader, self._server_closing = conn, reader, server_closing
+        self._send_lock = threading.Lock()
+        self.answer: str | None = None  #: "ok" or "error" once the final line is sent
+        self.detached = False
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        if self.answer is not None and self.op not in STREAM_OPS:
+            raise RuntimeError(f"{self.op!r} already answered: its events must come first")
+        self._send({"event": event})
+
+    def reply_ok(self, payload: dict[str, Any] | None = None) -> None:
+        self._finish("ok", {} if payload is None else payload)
+
+    def reply_error(self, exc: BastionTrayError) -> None:
+        self._finish("error", {"kind": exc.kind, "message": exc.message, "hint": exc.hint})
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """Take over the raw socket after an ok, with the bytes the client sent past its request
+        line. The caller closes the socket."""
+        if self.answer != "ok" or self.detached:
+            raise RuntimeError(f"{self.op!r}: detach() needs an ok reply, once")
+        self.detached = True
+        self._conn.settimeout(None)
+        return self._conn, self._reader.leftover()
+
+    @property
+    def closed(self) -> bool:
+        """The client went away, or the daemon is closing (polls; never blocks)."""
+        return self.wait_closed(0)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` for the client to go away; True if it has. Meant for streams:
+        what a subscriber sends after its request is read and dropped."""
+        if self._server_closing.is_set():
+            return True
+        try:
+            while select.select([self._conn], [], [], timeout)[0]:
+                if self.op not in STREAM_OPS:
+                    return self._conn.recv(1, socket.MSG_PEEK) == b""
+                if not self._conn.recv(4096):
+                    return True
+                timeout = 0
+        except (OSError, ValueError):  # reset, or closed under us
+            return True
+        return self._server_closing.is_set()
+
+    def _finish(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.answer is not None:
+            raise RuntimeError(f"{self.op!r} answered twice ({self.answer}, then {kind})")
+        self.answer = kind
+        self._send({kind: payload})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = encode_line(message)
+        with self._send_lock:
+            try:
+                self._conn.sendall(data)
+            except OSError as exc:
+                raise ClientGone(f"the client of {self.op!r} went away: {exc}") from exc
+
+
+Handler = Callable[[Request], None]
+
+
+class ControlServer:
+    """The daemon's end of the control socket: a handle, `start()` … `close()`.
+
+    `ops`, when given, are the ops the handler serves; the server answers any other op with a
+    usage error. `transport` picks a strategy by name ("unix", "tcp"); default: the platform's.
+    """
+
+    def __init__(self, paths: AppPaths, handler: Handler, *, ops: Iterable[str] | None = None,
+                 transport: str | None = None, version: str = __version__) -> None:
+        self.paths, self.handler, self.version = paths, handler, version
+        self.ops = None if ops is None else frozenset(ops)
+        self.transport = transport_name(transport)
+        self._instance: DaemonInstance | None = None
+        self._sock: socket.socket | None = None
+        self._listener: Listener | None = None
+        self._wake_r: socket.socket | None = None  # a byte here wakes the accept loop
+        self._wake_w: socket.socket | None = None
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._accept_thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        """Where clients connect: the socket path, or 127.0.0.1:PORT for tcp."""
+        if self._sock is None:
+            return ""
+        name = self._sock.getsockname()
+        return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+
+    def start(self) -> ControlServer:
+        """Claim the instance (DaemonError if a daemon runs), listen, serve in threads."""
+        self._instance = DaemonInstance.claim(self.paths, self.transport)
+        self._sock, self._listener = self._instance.sock, self._instance.listener
+        self._sock.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="control-accept",
+                                               daemon=True)
+        self._accept_thread.start()
+        log.info("control socket listening at %s (%s)", self.address, self.transport)
+        return self
+
+    def close(self) -> None:
+        """Stop listening, remove the socket and the pidfile, end the open connections.
+
+        Detached sockets belong to their handlers and stay open."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+        if self._accept_thread is not None:
+            self._accept_thread.join(CLOSE_GRACE)
+        if self._instance is not None:  # closes the socket, removes it and the pidfile
+            self._instance.release()
+        with self._lock:
+            conns = dict(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in conns.values():
+            thread.join(CLOSE_GRACE / max(len(conns), 1))
+        for wake in (self._wake_r, self._wake_w):
+            if wake is not None:
+                wake.close()
+
+    def __enter__(self) -> ControlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None and self._wake_r is not None
+        while not self._closing.is_set():
+            select.select([self._sock, self._wake_r], [], [])
+            if self._closing.is_set():
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:  # EMFILE and the like: wait for descriptors to free up
+                log.warning("accepting on the control socket failed: %s", exc)
+                self._closing.wait(0.5)
+                continue
+            conn.setblocking(True)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                                      name=f"control-{conn.fileno()}")
+            with self._lock:
+                self._conns[conn] = thread
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        assert self._listener is not None
+        reader = LineReader(conn, MAX_REQUEST_LINE)
+        detached = False
+        try:
+            refusal = self._listener.authenticate(conn, reader)
+            if refusal is not None:
+                log.warning("control: %s", refusal)
+                conn.sendall(encode_line({"error": {"kind": DaemonError.kind,
+                                                    "message": refusal, "hint": None}}))
+                _drain_and_close(conn)
+                return
+            while not self._closing.is_set():
+                try:
+                    line = reader.read_line()
+                except ValueError as exc:  # too long: the rest of the stream is unreadable
+                    self._send_usage(conn, f"malformed request: {exc}")
+                    _drain_and_close(conn)
+                    return
+                if line is None:
+                    return
+                if not line.strip():
+                    continue
+                req = self._parse(conn, reader, line)
+                if req is None:
+                    continue
+                self._dispatch(req)
+                if req.detached:
+                    detached = True
+                    return
+                if req.op in STREAM_OPS:
+                    return
+        except OSError as exc:
+            log.debug("control connection ended: %s", exc)
+        finally:
+            with self._lock:
+                self._conns.pop(conn, None)
+            if not detached:
+                conn.close()
+
+    def _parse(self, conn: socket.socket, reader: LineReader, line: bytes) -> Request | None:
+        try:
+            message = decode_line(line)
+        except ValueError as exc:
+            self._send_usage(conn, f"malformed request (one JSON object per line): {exc}")
+            return None
+        op = message.pop("op", None)
+        if not isinstance(op, str) or not op:
+            self._send_usage(conn, "malformed request: no \"op\"")
+            return None
+        if op != "ping" and self.ops is not None and op not in self.ops:
+            known = ", ".join(sorted(self.ops | {"ping"}))
+            self._send_usage(conn, f"unknown request {op!r} (known: {known})")
+            return None
+        return Request(conn, reader, op, message, self._closing)
+
+    def _dispatch(self, req: Request) -> None:
+        context = f"[op={req.op}]"
+        try:
+            if req.op == "ping":
+                req.reply_ok({"pid": os.getpid(), "version": self.version})
+            else:
+                self.handler(req)
+        except ClientGone as exc:
+            log.debug("%s %s", context, exc)
+            return
+        except BastionTrayError as exc:
+            if req.answer is None:
+                self._try_reply_error(req, exc)
+            else:
+                log.warning("%s failed after its reply: %s", context, exc)
+            return
+        except Exception as exc:
+            log.exception("%s internal error in the handler", context)
+            if req.answer is None:
+                self._try_reply_error(req, DaemonError(
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    hint=f"the daemon's log has the traceback: {self.paths.daemon_log}"))
+            return
+        if req.answer is None:
+            log.error("%s the handler returned without an answer", context)
+            self._try_reply_error(req, DaemonError(f"internal error: no answer to {req.op!r}"))
+
+    @staticmethod
+    def _try_reply_error(req: Request, exc: BastionTrayError) -> None:
+        with contextlib.suppress(ClientGone):
+            req.reply_error(exc)
+
+    @staticmethod
+    def _send_usage(conn: socket.socket, message: str) -> None:
+        conn.sendall(encode_line({"error": {"kind": UsageError.kind, "message": message,
+                                            "hint": None}}))
+
+
+def _drain_and_close(conn: socket.socket, linger: float = 1.0) -> None:
+    """Close after a last answer so the client can read it: closing with unread input makes
+    the kernel reset the connection, and the client would see ECONNRESET, not our answer."""
+    deadline = time.monotonic() + linger
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv(65536):
+                return

@@ -1,0 +1,134 @@
+"""The daemon: one per user. Wires profiles, the event bus and the control socket together.
+
+Requests arrive on the control socket (service/control.py) and are answered here, each in its
+own thread; the ticker evaluates idle clocks twice a second. Nothing here imports boto3 or
+paramiko: the adapters come in through `Adapters`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bastion_tray import __version__
+from bastion_tray.core.config import Config
+from bastion_tray.core.errors import BastionTrayError, UsageError
+from bastion_tray.core.paths import AppPaths
+from bastion_tray.service.control import ControlServer
+from bastion_tray.service.events import EventBus
+from bastion_tray.service.links import Adapters
+from bastion_tray.service.requests import Handlers
+from bastion_tray.service.runtime import ProfileRuntime
+from bastion_tray.service.statefile import StateFile
+
+log = logging.getLogger("bastion_tray.daemon")
+
+TICK = 0.5
+
+
+class Daemon:
+    """A handle: `start()`, then `wait()` until a shutdown request or signal, `close()`."""
+
+    def __init__(self, config: Config, paths: AppPaths, adapters: Adapters,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.paths = paths
+        self.adapters = adapters
+        self.bus = EventBus()
+        self.state = StateFile(paths.state_dir / "daemon-state.json")
+        self.runtimes = {name: ProfileRuntime(profile, config.settings, adapters, self.bus,
+                                              self.state, clock)
+                         for name, profile in config.profiles.items()}
+        self.handlers = Handlers(self)
+        self.server = ControlServer(paths, self.handlers.handle)
+        self._stop = threading.Event()
+        self._closed = False
+
+    def runtime(self, name: object) -> ProfileRuntime:
+        if not isinstance(name, str) or name not in self.runtimes:
+            known = ", ".join(sorted(self.runtimes)) or "none"
+            raise UsageError(f"unknown profile {name!r} (known profiles: {known})",
+                             hint=f"profiles are defined in {self.config.path}")
+        return self.runtimes[name]
+
+    def status(self, wait_discovery: float = 0.0) -> dict[str, Any]:
+        """Every profile's snapshot; waits up to `wait_discovery` s for start-up discovery."""
+        deadline = time.monotonic() + wait_discovery
+        for rt in self.runtimes.values():
+            rt.discovered.wait(max(0.0, deadline - time.monotonic()))
+        return {"profiles": {name: rt.snapshot() for name, rt in self.runtimes.items()},
+                "daemon": {"pid": os.getpid(), "version": __version__,
+                           "config": str(self.config.path)}}
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("daemon %s started (pid %d), config %s, %d profile(s)", __version__,
+                 os.getpid(), self.config.path, len(self.runtimes))
+        for rt in self.runtimes.values():
+            threading.Thread(target=self._discover, args=(rt,), name=f"discover-{rt.name}",
+                             daemon=True).start()
+        threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
+
+    def _discover(self, rt: ProfileRuntime) -> None:
+        """Learn each bastion's state at start-up: a running one resumes its idle clock."""
+        try:
+            self._discover_once(rt)
+        finally:
+            rt.discovered.set()
+
+    def _discover_once(self, rt: ProfileRuntime) -> None:
+        try:
+            info = rt.refresh()
+            if info.state == "running":
+                log.info("[profile=%s] found %s running; idle clock resumed", rt.name,
+                         info.instance_id)
+        except BastionTrayError as exc:
+            log.warning("[profile=%s] cannot read the instance state: %s", rt.name, exc)
+            rt.error = exc
+            rt.changed()
+
+    def _ticker(self) -> None:
+        refresh_every, last_refresh = 30.0, time.monotonic()
+        while not self._stop.wait(TICK):
+            due = time.monotonic() - last_refresh > refresh_every
+            for rt in self.runtimes.values():
+                try:
+                    if due and rt.info is not None and rt.info.state not in ("stopped",):
+                        rt.refresh()  # notices a bastion stopped behind our back
+                    rt.tick()
+                except BastionTrayError as exc:
+                    log.warning("[profile=%s] %s", rt.name, exc)
+                except Exception:
+                    log.exception("[profile=%s] ticker failed", rt.name)
+            if due:
+                last_refresh = time.monotonic()
+
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        log.info("daemon shutting down")
+        for rt in self.runtimes.values():
+            rt.shutdown()
+        self.server.close()
+        self.adapters.close()
+        log.info("daemon stopped")
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,187 @@
+"""The daemon's answers to control-socket requests, one method per op.
+
+Long waits (`up`, `connect`, `proxy`, `start`, `hostkey`) relay the profile's progress events
+to the client while they wait, so the CLI and the tray can show "waiting for SSH… 3 s".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bastion_tray.core.durations import parse_duration
+from bastion_tray.core.errors import BastionTrayError, HostKeyError, UsageError
+from bastion_tray.service.runtime import ProfileRuntime
+
+if TYPE_CHECKING:
+    from bastion_tray.service.control import Request
+    from bastion_tray.service.daemon import Daemon
+
+log = logging.getLogger("bastion_tray.daemon")
+
+PROGRESS_TYPES = {"progress", "ready", "error", "instance"}
+
+
+def _arg(req: Request, key: str) -> Any:
+    value = req.args.get(key)
+    if value is None:
+        raise UsageError(f"request {req.op!r} needs {key!r}")
+    return value
+
+
+class Handlers:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def handle(self, req: Request) -> None:
+        method = getattr(self, "op_" + req.op.replace("-", "_"), None)
+        if method is None:
+            raise UsageError(f"unknown request {req.op!r}")
+        method(req)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _with_progress(self, req: Request, rt: ProfileRuntime, work: Callable[[], Any]) -> Any:
+        """Run `work` in a thread; meanwhile forward the profile's progress events to `req`."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = work()
+            except BaseException as exc:  # re-raised in the request's thread below
+                box["error"] = exc
+
+        with self.daemon.bus.subscribe(
+                lambda e: e.get("profile") == rt.name and e.get("type") in PROGRESS_TYPES) as sub:
+            worker = threading.Thread(target=run, name=f"{req.op}-{rt.name}", daemon=True)
+            worker.start()
+            while worker.is_alive():
+                event = sub.get(timeout=0.1)
+                if event is not None and event["type"] == "progress":
+                    req.send_event(event)
+            worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def _forward_name(self, rt: ProfileRuntime, name: object) -> str:
+        if not isinstance(name, str) or name not in rt.profile.forwards:
+            known = ", ".join(sorted(rt.profile.forwards)) or "none"
+            raise UsageError(f"unknown forward {name!r} in profile {rt.name} (known forwards: "
+                             f"{known})", hint=f"forwards are [profiles.{rt.name}.forwards.NAME] "
+                                               f"tables in {self.daemon.config.path}")
+        return name
+
+    # ---- ops -------------------------------------------------------------------------------
+
+    def op_status(self, req: Request) -> None:
+        req.reply_ok(self.daemon.status(wait_discovery=10.0))
+
+    def op_start(self, req: Request) -> None:
+        rt = self.daemon.runtime(req.args.get("profile"))
+        self._with_progress(req, rt, rt.ensure_ready)
+        req.reply_ok(rt.snapshot())
+
+    def op_up(self, req: Request) -> None:
+        rt = self.daemon.runtime(req.args.get("profile"))
+        for name in rt.profile.forwards:
+            rt.open_forward(name)
+        self._with_progress(req, rt, rt.ensure_ready)
+        req.reply_ok(rt.snapshot())
+
+    def op_connect(self, req: Request) -> None:
+        rt = self.daemon.runtime(req.args.get("profile"))
+        name = self._forward_name(rt, req.args.get("forward"))
+        listener = rt.open_forward(name)
+        if not req.args.get("lazy"):
+            self._with_progress(req, rt, rt.ensure_ready)
+        cfg = rt.profile.forwards[name]
+        req.reply_ok({"local": f"{cfg.bind}:{listener.local_port}", "forward": name,
+                      "profile": rt.name})
+
+    def op_proxy(self, req: Request) -> None:
+        rt = self.daemon.runtime(req.args.get("profile"))
+        host, port = _arg(req, "host"), _arg(req, "port")
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise UsageError(f"port must be 1–65535, got {port!r}")
+        if host == "@bastion":  # the bastion's own sshd: a plain TCP stream once it answers
+            def work() -> Any:
+                address, _ = rt.ensure_ssh_answers()
+                return self.daemon.adapters.dial(address, port)
+        else:
+            def work() -> Any:
+                return rt.open_channel(str(host), port, ("127.0.0.1", 0))
+        channel = self._with_progress(req, rt, work)
+        rt.session_opened()
+        try:
+            req.reply_ok({"profile": rt.name, "host": host, "port": port})
+            sock, leftover = req.detach()
+        except BaseException:
+            channel.close()
+            rt.session_closed()
+            raise
+        self.daemon.adapters.pipe(sock, leftover, channel, rt.session_closed)
+
+    def op_stop(self, req: Request) -> None:
+        rt = self.daemon.runtime(req.args.get("profile"))
+        info = rt.stop("stopped by request", close_listeners=True)
+        req.reply_ok({"profile": rt.name, "state": info.state if info else "unknown"})
+
+    def op_keep(self, req: Request) -> None:
+        rt = self.daemon.runtime(req.args.get("profile"))
+        try:
+            seconds = parse_duration(req.args.get("duration", 3600))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        rt.keep_running(seconds)
+        req.reply_ok(rt.snapshot())
+
+    def op_hostkey(self, req: Request) -> None:
+        """The bastion's host key as it answers now (starting it when needed)."""
+        rt = self.daemon.runtime(req.args.get("profile"))
+        host, port = self._with_progress(req, rt, rt.ensure_ssh_answers)
+        fingerprint, key = self.daemon.adapters.fetch_host_key(host, port)
+        req.reply_ok({"profile": rt.name, "host": host, "port": port,
+                      "fingerprint": fingerprint, "key": key})
+
+    def op_trust(self, req: Request) -> None:
+        """Record the bastion's key, but only if it is the one the user confirmed."""
+        rt = self.daemon.runtime(req.args.get("profile"))
+        wanted = str(_arg(req, "fingerprint"))
+        host, port = self._with_progress(req, rt, rt.ensure_ssh_answers)
+        fingerprint, key = self.daemon.adapters.fetch_host_key(host, port)
+        if fingerprint != wanted:
+            raise HostKeyError(f"the bastion {host}:{port} now presents {fingerprint}, not the "
+                               f"confirmed {wanted}; nothing was recorded",
+                               fingerprint=fingerprint)
+        path = self.daemon.adapters.record_host_key(host, port, key)
+        log.info("[profile=%s] trusted host key %s for %s:%s in %s", rt.name, fingerprint,
+                 host, port, path)
+        with rt._lock:
+            rt.error = None
+        rt.changed()
+        req.reply_ok({"profile": rt.name, "fingerprint": fingerprint, "path": path})
+
+    def op_subscribe(self, req: Request) -> None:
+        """A snapshot, then every event with a fresh status, until the client goes away."""
+        with self.daemon.bus.subscribe() as sub:
+            req.reply_ok(self.daemon.status())
+            last_beat = time.monotonic()
+            while not req.closed:
+                event = sub.get(timeout=1.0)
+                if event is None:
+                    if time.monotonic() - last_beat < 5:
+                        continue
+                    event = {"type": "heartbeat"}
+                last_beat = time.monotonic()
+                try:
+                    req.send_event({**event, "status": self.daemon.status()})
+                except (OSError, BastionTrayError):
+                    return
+
+    def op_shutdown(self, req: Request) -> None:
+        req.reply_ok({"pid": self.daemon.status()["daemon"]["pid"]})
+        self.daemon.request_shutdown()

@@ -1,0 +1,299 @@
+"""The engine end to end: the real CLI and daemon against the sandbox VPC (real sshd, real
+MariaDB, moto's server as the AWS endpoint). No mocks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from bastion_tray.sandbox import Sandbox
+from tests.support.app import App, alive, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def make_app(fresh_sandbox: Sandbox) -> Iterator[type[App]]:
+    apps: list[App] = []
+
+    class Tracked(App):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(fresh_sandbox, *args, **kwargs)  # type: ignore[arg-type]
+            apps.append(self)
+
+    yield Tracked
+    for app in apps:
+        app.close()
+
+
+def query(port: int, sb: Sandbox, sql: str = "SELECT VERSION()",
+          connect_timeout: float = 10) -> tuple[pymysql.Connection, str]:  # type: ignore[type-arg]
+    conn = pymysql.connect(host="127.0.0.1", port=port, user=sb.db_user, password=sb.db_password,
+                           database=sb.db_name, connect_timeout=connect_timeout, read_timeout=30)
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+    return conn, str(row[0])
+
+
+def local_port(local: str) -> int:
+    host, _, port = local.rpartition(":")
+    assert host == "127.0.0.1"
+    return int(port)
+
+
+def test_a_connect_from_stopped_starts_the_bastion_and_serves_mysql(make_app: type[App]) -> None:
+    app = make_app()
+    assert app.instance_state() == "stopped"
+    proc = app.cli("connect", "foo", "db", check=True)
+    port = local_port(proc.stdout.strip())
+    assert "starting instance" in proc.stderr and "waiting for SSH" in proc.stderr
+    conn, version = query(port, app.sandbox)
+    assert "MariaDB" in version
+    status = app.status()
+    assert status["bastion"]["state"] == "running"
+    assert status["bastion"]["ssh"] == "connected"
+    assert status["bastion"]["host"] == app.sandbox.bastion_host
+    assert status["forwards"]["db"]["listening"] is True
+    assert status["forwards"]["db"]["active_connections"] == 1
+    assert status["idle_seconds"] is None and status["stops_in_seconds"] is None
+    conn.close()
+    wait_until(lambda: app.status()["forwards"]["db"]["active_connections"] == 0, 5,
+               "the closed connection to be counted out")
+    assert app.status()["stops_in_seconds"] is not None
+
+
+def test_b_ssh_config_with_system_ssh_reaches_the_app_server(make_app: type[App],
+                                                             tmp_path: Path) -> None:
+    app = make_app()
+    block = app.cli("ssh-config", "foo", check=True).stdout
+    assert "Host foo-appserver" in block and "Host foo-bastion" in block
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(block)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{app.sandbox.appserver_host}]:{app.sandbox.appserver_port} "
+                     f"{app.sandbox.appserver_known_hosts_line.split(' ', 1)[-1]}\n"
+                     if not app.sandbox.appserver_known_hosts_line.startswith("[")
+                     else app.sandbox.appserver_known_hosts_line + "\n")
+    proc = subprocess.run(
+        ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+         "-o", f"UserKnownHostsFile={known}", "foo-appserver", "echo", "app:$(hostname)"],
+        env=app.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr + app.log()
+    assert proc.stdout.startswith("app:")
+    assert app.instance_state() == "running"
+
+
+def test_c_idle_timeout_stops_the_bastion_but_not_while_connected(make_app: type[App]) -> None:
+    app = make_app(idle_timeout="4s", warn_before="2s")
+    port = local_port(app.cli("connect", "foo", "db", check=True).stdout.strip())
+    conn, _ = query(port, app.sandbox)
+    time.sleep(12)  # 3x the timeout with a connection open
+    assert app.instance_state() == "running"
+    assert app.status()["forwards"]["db"]["active_connections"] == 1
+    conn.close()
+    closed_at = time.monotonic()
+    wait_until(lambda: app.instance_state() == "stopped", 4 + 3 + 1, "the idle stop")
+    assert time.monotonic() - closed_at <= 4 + 3
+    assert "idle" in app.log() and "stopping" in app.log()
+    assert app.status()["forwards"]["db"]["listening"] is True  # listeners stay open
+
+
+def test_d_lazy_forward_starts_the_bastion_on_first_connection(make_app: type[App]) -> None:
+    app = make_app()
+    port = local_port(app.cli("connect", "foo", "db", "--lazy", check=True).stdout.strip())
+    assert app.instance_state() == "stopped"
+    conn, version = query(port, app.sandbox, connect_timeout=30)
+    conn.close()
+    assert "MariaDB" in version
+    assert app.instance_state() == "running"
+
+
+def test_e_host_keys_unknown_then_trusted_then_changed(make_app: type[App]) -> None:
+    app = make_app(trusted=False)
+    proc = app.cli("up", "foo")
+    assert proc.returncode == 1, proc.stderr
+    assert app.sandbox.bastion_host_key_fingerprint in proc.stderr
+    assert "bastion-tray trust foo" in proc.stderr
+    trust = app.cli("trust", "foo", "--yes", check=True)
+    assert app.sandbox.bastion_host_key_fingerprint in trust.stdout
+    assert app.cli("up", "foo").returncode == 0
+    app.cli("stop", "foo", check=True)
+    # a changed key: known_hosts holds another key for the same host:port
+    other = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl")
+    app.known_hosts.write_text(f"[{app.sandbox.bastion_host}]:{app.sandbox.bastion_port} "
+                               f"{other}\n")
+    before = app.known_hosts.read_bytes()
+    proc = app.cli("up", "foo")
+    assert proc.returncode == 1
+    assert "changed" in proc.stderr.lower()
+    assert app.known_hosts.read_bytes() == before
+
+
+def test_f_bad_input_gets_exit_codes_and_names(make_app: type[App]) -> None:
+    app = make_app()
+    proc = app.cli("connect", "nope", "db")
+    assert proc.returncode == 2 and "known profiles: foo" in proc.stderr
+    proc = app.cli("connect", "foo", "nope")
+    assert proc.returncode == 2 and "known forwards: db" in proc.stderr
+    proc = app.cli("shell", "foo", "nope")
+    assert proc.returncode == 2 and "known hosts: appserver" in proc.stderr
+
+
+def test_f_port_in_use_names_the_port(make_app: type[App]) -> None:
+    import socket
+
+    app = make_app()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    app2 = make_app(db_local_port=port)
+    proc = app2.cli("connect", "foo", "db")
+    holder.close()
+    assert proc.returncode == 1
+    assert str(port) in proc.stderr and "in use" in proc.stderr
+    del app
+
+
+def test_f_aws_errors_exit_1_with_the_message(make_app: type[App]) -> None:
+    app = make_app(extra_bastion={"name": None, "instance_id": "i-0123456789abcdef0"})
+    proc = app.cli("up", "foo")
+    assert proc.returncode == 1
+    assert "i-0123456789abcdef0" in proc.stderr and "not found" in proc.stderr
+
+
+def test_g_sigkill_then_restart_resumes_the_idle_clock(make_app: type[App]) -> None:
+    app = make_app(idle_timeout="6s", warn_before="2s")
+    app.cli("up", "foo", check=True)
+    pid = app.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), 5, "the daemon to die")
+    assert (app.home / "run" / "daemon.sock").exists()  # stale socket left behind
+    status = app.status()  # spawns a new daemon despite the stale socket
+    assert app.daemon_pid() != pid
+    assert status["bastion"]["state"] == "running"
+    wait_until(lambda: app.instance_state() == "stopped", 6 + 5, "the resumed idle stop")
+
+
+def test_10_bastion_sshd_restart_is_noticed_and_reconnected(make_app: type[App]) -> None:
+    app = make_app(extra_settings={"keepalive_interval": "1s"})
+    port = local_port(app.cli("connect", "foo", "db", check=True).stdout.strip())
+    assert app.status()["bastion"]["ssh"] == "connected"
+    assert app.status()["link_losses"] == 0
+    app.sandbox.restart_bastion_sshd()
+    # the loss is noticed (the reconnect may be quicker than a status call, so count it)
+    wait_until(lambda: app.status()["link_losses"] == 1, 5, "the link loss to be noticed")
+    conn, version = query(port, app.sandbox, connect_timeout=30)
+    conn.close()
+    assert "MariaDB" in version
+    wait_until(lambda: app.status()["bastion"]["ssh"] == "connected", 10, "the reconnect")
+
+
+def test_10_dead_peer_shows_disconnected_within_the_keepalive_window(
+        make_app: type[App]) -> None:
+    app = make_app(extra_settings={"keepalive_interval": "1s"})
+    port = local_port(app.cli("connect", "foo", "db", check=True).stdout.strip())
+    frozen = app.sandbox.freeze_bastion()  # a dead peer: TCP stays up, nothing answers
+    try:
+        began = time.monotonic()
+        wait_until(lambda: app.status()["bastion"]["ssh"] != "connected", 8,
+                   "status to stop saying 'connected'")
+        assert time.monotonic() - began < 3 * 1 + 3
+        assert app.status()["forwards"]["db"]["listening"] is True
+    finally:
+        app.sandbox.thaw_bastion(frozen)
+    conn, version = query(port, app.sandbox, connect_timeout=30)
+    conn.close()
+    assert "MariaDB" in version
+
+
+def test_10_instance_stopped_behind_our_back(make_app: type[App]) -> None:
+    import boto3
+
+    app = make_app(extra_settings={"keepalive_interval": "1s"})
+    port = local_port(app.cli("connect", "foo", "db", check=True).stdout.strip())
+    ec2 = boto3.client("ec2", region_name=app.sandbox.region,
+                       endpoint_url=app.sandbox.endpoint_url,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    ec2.stop_instances(InstanceIds=[app.sandbox.bastion_instance_id])
+    wait_until(lambda: app.status()["bastion"]["state"] == "stopped", 10,
+               "status to show the instance stopped")
+    conn, _ = query(port, app.sandbox, connect_timeout=30)
+    conn.close()
+    assert app.instance_state() == "running"
+
+
+def app_known_hosts(app: App, tmp_path: Path) -> Path:
+    known = tmp_path / "app_known_hosts"
+    line = app.sandbox.appserver_known_hosts_line
+    known.write_text(line + "\n")
+    return known
+
+
+def test_shell_runs_through_the_bastion_and_passes_the_exit_code(make_app: type[App],
+                                                                  tmp_path: Path) -> None:
+    app = make_app()
+    opts = ["-o", f"UserKnownHostsFile={app_known_hosts(app, tmp_path)}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+    proc = app.cli("shell", "foo", "appserver", *opts, "--", "echo", "via-bastion")
+    assert proc.returncode == 0, proc.stderr + app.log()
+    assert proc.stdout.strip() == "via-bastion"
+    assert "starting instance" in proc.stderr
+    proc = app.cli("shell", "foo", "appserver", *opts, "--", "exit 3")
+    assert proc.returncode == 3
+
+
+def test_proxy_is_a_raw_pipe_to_the_target(make_app: type[App]) -> None:
+    app = make_app()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bastion_tray", "proxy", "foo", app.sandbox.appserver_host,
+         str(app.sandbox.appserver_port)],
+        input=b"SSH-2.0-probe\r\n", env=app.env, capture_output=True, timeout=60)
+    assert proc.stdout.startswith(b"SSH-2.0-OpenSSH"), proc.stderr
+    assert b"waiting for SSH" in proc.stderr  # progress on stderr, never on stdout
+
+
+def test_keep_running_postpones_the_idle_stop(make_app: type[App]) -> None:
+    app = make_app(idle_timeout="30s")
+    app.cli("up", "foo", check=True)
+    before = app.status()["stops_in_seconds"]
+    assert before is not None and before <= 30
+    app.cli("keep", "foo", "1h", check=True)
+    assert app.status()["stops_in_seconds"] > 3500
+
+
+def test_clean_daemon_exit_stops_the_bastion_it_started(make_app: type[App]) -> None:
+    app = make_app()
+    app.cli("up", "foo", check=True)
+    assert app.instance_state() == "running"
+    pid = app.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not alive(pid), 15, "the daemon to exit")
+    assert app.instance_state() == "stopped"
+    assert "daemon stopped" in app.log()
+    assert not (app.home / "run" / "daemon.sock").exists()
+
+
+def test_stop_closes_forwards_and_stops_now(make_app: type[App]) -> None:
+    app = make_app()
+    port = local_port(app.cli("connect", "foo", "db", check=True).stdout.strip())
+    conn, _ = query(port, app.sandbox)
+    proc = app.cli("stop", "foo", check=True)
+    assert "stopped" in proc.stdout
+    assert app.instance_state() == "stopped"
+    status = app.status()
+    assert status["forwards"]["db"]["listening"] is False
+    assert status["forwards"]["db"]["active_connections"] == 0
+    with pytest.raises(pymysql.err.OperationalError), conn.cursor() as cur:
+        cur.execute("SELECT 1")
