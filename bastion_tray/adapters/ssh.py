@@ -23,7 +23,7 @@ import paramiko
 from bastion_tray.adapters.hostkeys import HostKeyStore, fingerprint, negotiate
 from bastion_tray.adapters.readiness import hostport, open_tcp
 from bastion_tray.core.config import BastionConfig
-from bastion_tray.core.errors import SSHError
+from bastion_tray.core.errors import PassphraseNeeded, SSHError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ _CHANNEL_FAILURES = {
 }
 
 
-class _Context(logging.LoggerAdapter[logging.Logger]):
+class LogContext(logging.LoggerAdapter[logging.Logger]):
     """Prefixes every line with ``[profile=foo bastion=host:port]``."""
 
     def __init__(self, profile: str, host: str, port: int) -> None:
@@ -100,12 +100,16 @@ def load_identity(path: Path, passphrase: Passphrase | None) -> paramiko.PKey:
                        hint=f"add it to ssh-agent (ssh-add {shown}) or use an unencrypted key")
     secret = passphrase(path)
     if secret is None:
-        raise SSHError(f"no passphrase given for the encrypted identity_file {shown}")
+        raise PassphraseNeeded(f"no passphrase given for the encrypted identity_file {shown}",
+                               path=str(path),
+                               hint=f"run the command in a terminal to be asked for it, or add "
+                                    f"the key to ssh-agent (ssh-add {shown})")
     try:
         return paramiko.PKey.from_path(path, secret.encode("utf-8"))
     except (ValueError, TypeError, paramiko.SSHException):
-        raise SSHError(f"wrong passphrase for identity_file {shown}",
-                       hint="try again, or add the key to ssh-agent (ssh-add)") from None
+        raise PassphraseNeeded(f"wrong passphrase for identity_file {shown}", path=str(path),
+                               wrong=True,
+                               hint="try again, or add the key to ssh-agent (ssh-add)") from None
     finally:
         del secret
 
@@ -120,8 +124,8 @@ def _public_blob(path: Path) -> bytes | None:
         return None
 
 
-def _authenticate(transport: paramiko.Transport, bastion: BastionConfig, where: str,
-                  passphrase: Passphrase | None, profile: str, logger: _Context) -> str:
+def authenticate(transport: paramiko.Transport, bastion: BastionConfig, where: str,
+                  passphrase: Passphrase | None, profile: str, logger: LogContext) -> str:
     """Public-key auth with identity_file, then ssh-agent keys; returns what worked."""
     user = bastion.user
     tried: list[str] = []
@@ -196,7 +200,7 @@ class BastionConnection:
         self.connect_seconds = connect_seconds  # TCP connect → authenticated
         self.keepalive_interval = keepalive_interval
         self._on_lost = on_lost
-        self._log = _Context(profile, host, port)
+        self._log = LogContext(profile, host, port)
         self._lock = threading.Lock()
         self._closed = False
         self._lost_reason: str | None = None
@@ -217,7 +221,7 @@ class BastionConnection:
         failed and what to do.
         """
         where = hostport(host, port)
-        logger = _Context(profile, host, port)
+        logger = LogContext(profile, host, port)
         started = time.monotonic()
         sock = open_tcp(host, port, timeout=timeout)
         transport = _tuned_transport(sock)
@@ -227,7 +231,7 @@ class BastionConnection:
             key = negotiate(transport, host, port, timeout=timeout)
             checked = hostkeys.verify(host, port, key, profile=profile)
             transport.auth_timeout = timeout
-            method = _authenticate(transport, bastion, where, passphrase, profile, logger)
+            method = authenticate(transport, bastion, where, passphrase, profile, logger)
         except BaseException:
             transport.close()
             sock.close()

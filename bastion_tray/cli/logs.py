@@ -11,14 +11,19 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def configure_logging(verbosity: int = 0, logfile: Path | None = None) -> None:
-    """stderr gets warnings (more with -v); the daemon's log file gets INFO and up, rotated."""
+    """stderr gets warnings (more with -v); the daemon's log file gets INFO and up, rotated.
+
+    A spawned daemon's stderr is its log file already: then only the file handler writes,
+    so no line appears twice.
+    """
     root = logging.getLogger()
     root.handlers.clear()
     level = logging.WARNING - 10 * verbosity
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(max(level, logging.DEBUG))
-    stderr.setFormatter(logging.Formatter(FORMAT))
-    root.addHandler(stderr)
+    if logfile is None or sys.stderr.isatty():
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setLevel(max(level, logging.DEBUG))
+        stderr.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(stderr)
     root.setLevel(min(level, logging.INFO) if logfile else max(level, logging.DEBUG))
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)

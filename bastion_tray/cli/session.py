@@ -41,6 +41,25 @@ def profile_arg(config: Config, name: str) -> Profile:
     return config.profile(name)  # UsageError (exit 2) listing the known profiles
 
 
+def request(client: ControlClient, op: str, profile: Profile, **args: Any) -> dict[str, Any]:
+    """`client.request`, asking for the key's passphrase on a terminal when the daemon needs it."""
+    import getpass
+
+    from bastion_tray.core.errors import PassphraseNeeded
+
+    for attempt in range(3):
+        try:
+            return client.request(op, profile=profile.name, **args)
+        except PassphraseNeeded as exc:
+            if not sys.stdin.isatty() or attempt == 2:
+                raise
+            if exc.wrong:
+                print("wrong passphrase, try again", file=sys.stderr)
+            args["passphrase"] = getpass.getpass(
+                f"Passphrase for {profile.bastion.identity_file}: ")
+    raise AssertionError("unreachable")
+
+
 class ProgressPrinter:
     """Prints the daemon's progress events on stderr: one line per phase, elapsed time."""
 

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from bastion_tray.core.config import BastionConfig, Config, ForwardConfig, Settings
+from bastion_tray.core.errors import PassphraseNeeded
 from bastion_tray.core.paths import AppPaths
 from bastion_tray.core.ports import Channel
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
 
-def real_adapters(config: Config, paths: AppPaths,
-                  passphrases: dict[str, str] | None = None) -> Adapters:
+def real_adapters(config: Config, paths: AppPaths) -> Adapters:
     import paramiko
 
     from bastion_tray.adapters import hostkeys, readiness
@@ -25,17 +25,28 @@ def real_adapters(config: Config, paths: AppPaths,
     from bastion_tray.adapters.ssh import BastionConnection
 
     relay = Relay(name="relay")
-    secrets = passphrases if passphrases is not None else {}
+    secrets: dict[str, str] = {}  # identity file → passphrase, in this process's memory only
 
     def store(pin: str | None) -> hostkeys.HostKeyStore:
         return hostkeys.HostKeyStore(paths.known_hosts, pin=pin)
 
     def connect(host: str, port: int, bastion: BastionConfig, profile: str, settings: Settings,
                 on_lost: Callable[[str], None]) -> BastionLink:
-        return BastionConnection.open(
-            host, port, bastion, hostkeys=store(bastion.host_key), profile=profile,
-            keepalive_interval=settings.keepalive_interval,
-            passphrase=lambda path: secrets.get(str(path)), on_lost=on_lost)
+        try:
+            return BastionConnection.open(
+                host, port, bastion, hostkeys=store(bastion.host_key), profile=profile,
+                keepalive_interval=settings.keepalive_interval,
+                passphrase=lambda path: secrets.get(str(path)), on_lost=on_lost)
+        except PassphraseNeeded as exc:
+            if exc.wrong:
+                secrets.pop(exc.path, None)
+            raise
+
+    def remember(path: str, secret: str | None) -> None:
+        if secret is None:
+            secrets.pop(path, None)
+        else:
+            secrets[path] = secret
 
     def forward(cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Channel],
                 profile: str, on_change: Callable[[], None]) -> Listener:
@@ -68,6 +79,7 @@ def real_adapters(config: Config, paths: AppPaths,
         fetch_host_key=fetch,
         record_host_key=record,
         dial=dial,
+        remember_passphrase=remember,
         close=relay.close,
     )
 

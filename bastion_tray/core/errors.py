@@ -74,6 +74,22 @@ class HostKeyError(SSHError):
         self.fingerprint = fingerprint
 
 
+class PassphraseNeeded(SSHError):
+    """The identity file is encrypted and no (or a wrong) passphrase was given.
+
+    A client on a terminal answers this by asking for the passphrase and sending it along with
+    its next request; the daemon keeps it in memory only.
+    """
+
+    kind = "passphrase"
+
+    def __init__(self, message: str, *, path: str = "", wrong: bool = False,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.wrong = wrong
+
+
 class LoopbackViolation(BastionTrayError):
     """BASTION_TRAY_LOOPBACK_ONLY is set and a connection to another address was attempted."""
 
@@ -115,6 +131,8 @@ def error_from_wire(kind: str, message: str, hint: str | None = None) -> Bastion
     cls = _KINDS.get(kind, BastionTrayError)
     if cls is HostKeyError:
         return HostKeyError(message, fingerprint="", hint=hint)
+    if cls is PassphraseNeeded:
+        return PassphraseNeeded(message, wrong=message.startswith("wrong"), hint=hint)
     if cls is ConfigError:
         return ConfigError(message, hint=hint)
     return cls(message, hint=hint)

@@ -81,6 +81,8 @@ class Adapters:
     record_host_key: Callable[[str, int, str], str]
     #: (host, port) -> a plain TCP stream, relay-ready (for `proxy @bastion`)
     dial: Callable[[str, int], Any] = lambda host, port: None
+    #: (identity file path, passphrase or None to forget it): kept in memory only
+    remember_passphrase: Callable[[str, str | None], None] = lambda path, secret: None
     #: stops the shared relay engine and whatever else the adapters hold
     close: Callable[[], None] = lambda: None
 

@@ -40,6 +40,12 @@ class Handlers:
         method = getattr(self, "op_" + req.op.replace("-", "_"), None)
         if method is None:
             raise UsageError(f"unknown request {req.op!r}")
+        secret = req.args.pop("passphrase", None)
+        if isinstance(secret, str):  # a client asked its user for the key's passphrase
+            rt = self.daemon.runtime(req.args.get("profile"))
+            key = rt.profile.bastion.identity_file
+            if key is not None:
+                self.daemon.adapters.remember_passphrase(str(key), secret)
         method(req)
 
     # ---- helpers ---------------------------------------------------------------------------

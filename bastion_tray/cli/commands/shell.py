@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     host = profile.hosts[args.host]
     progress = session.ProgressPrinter()
     with session.connect(config) as client:  # bring it up first, with progress, before ssh
-        client.request("start", profile=profile.name, on_event=progress)
+        session.request(client, "start", profile, on_event=progress)
     progress.done()
     ssh = shutil.which("ssh")
     if ssh is None:

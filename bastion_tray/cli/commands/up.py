@@ -25,7 +25,7 @@ def run_up(args: argparse.Namespace) -> int:
     profile = session.profile_arg(config, args.profile)
     progress = session.ProgressPrinter()
     with session.connect(config) as client:
-        snap = client.request("up", profile=profile.name, on_event=progress)
+        snap = session.request(client, "up", profile, on_event=progress)
     progress.done(f"{profile.name}: ready ({snap['bastion']['host']})")
     for name, f in snap["forwards"].items():
         print(f"{name}: {f['local']} → {f['remote']}")
@@ -43,7 +43,7 @@ def run_connect(args: argparse.Namespace) -> int:
                          f"(known forwards: {known})")
     progress = session.ProgressPrinter()
     with session.connect(config) as client:
-        reply = client.request("connect", profile=profile.name, forward=args.forward,
+        reply = session.request(client, "connect", profile, forward=args.forward,
                                lazy=args.lazy, on_event=progress)
     progress.done()
     print(reply["local"])
