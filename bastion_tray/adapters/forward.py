@@ -1,16 +1,16 @@
 """One `-L` forward: a local listener whose connections are relayed through the bastion.
 
-The listener owns the accept thread and the per-connection accounting; the daemon-wide `Relay`
-pumps the bytes. Each accepted connection goes to a short-lived worker thread that asks the
-connector for a channel, because the connector may block for minutes: it is what starts a
-stopped bastion on demand (the "lazy" forward). A worker lingers a moment for the next
-connection before it ends, so a burst reuses threads (starting one costs ~0.1 ms, a third of
-the channel-open round trip) while an idle forward holds none.
+It owns the accept thread and the per-connection accounting; the daemon-wide `Relay` pumps the
+bytes. Each connection goes to a short-lived worker thread that asks the connector for a
+channel: the connector may block for minutes, starting a stopped bastion (the "lazy" forward).
+A worker lingers for the next connection, so a burst reuses threads (starting one costs ~0.1 ms,
+a third of the channel-open round trip) while an idle forward holds none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import ipaddress
 import logging
 import os
@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bastion_tray.adapters.relay import Relay, RelayHandle, RelayStats
@@ -29,67 +31,59 @@ from bastion_tray.core.errors import BastionTrayError, ForwardError
 
 log = logging.getLogger(__name__)
 
-#: connections the kernel queues while the accept thread catches up: a pool opening hundreds
-#: at once must not see resets (ssh -L uses 128)
-LISTEN_BACKLOG = 1024
-#: how long close() waits for the relay to report its connections closed
-CLOSE_WAIT_SECONDS = 5.0
-#: how long a worker waits for another connection before its thread ends
-WORKER_LINGER_SECONDS = 2.0
+LISTEN_BACKLOG = 1024  # a pool opening hundreds at once must see no resets (ssh -L: 128)
+CLOSE_WAIT_SECONDS = 5.0  # close() waits this long for the relay to report closes
+WORKER_LINGER_SECONDS = 2.0  # an idle worker waits this long for the next connection
 
-#: (peer host, peer port) of the local client → a paramiko Channel to the forward's target.
-#: May block (starting the bastion) and may raise BastionTrayError.
+#: the client's (host, port) → a Channel to the target; may block long, may raise BastionTrayError
 Connector = Callable[[tuple[str, int]], Any]
 
 
+@dataclass(eq=False)
 class _Conn:
     """One accepted client: waiting in the queue, waiting for its channel, then relayed."""
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        self.sock, self.peer = sock, peer
-        self.handle: RelayHandle | None = None
-        self.relayed = False  # handed to the relay, which owns and closes the socket now
-        self.cancelled = False  # close_connections() came while it was handed over
-        self.finished = False  # counted out of active_connections
+    sock: socket.socket
+    peer: tuple[str, int]
+    handle: RelayHandle | None = None
+    relayed: bool = False  # handed to the relay, which owns and closes the socket now
+    cancelled: bool = False  # close_connections() came while it was handed over
+    finished: bool = False  # counted out of active_connections
 
 
 class Forward:
-    """A listener on `config.bind:config.local_port`. A handle: `close()` it, or use `with`."""
+    """A listener on `config.bind:config.local_port`. A handle: `close()` it, or use `with`.
+    `on_change` runs on the forward's and the relay's threads: keep it short and thread-safe."""
 
     def __init__(self, config: ForwardConfig, connector: Connector, relay: Relay, *,
                  profile: str, on_change: Callable[[], None] | None = None) -> None:
         self.config = config
         self._connector, self._relay, self._on_change = connector, relay, on_change
-        self._profile = profile
+        self._profile = profile  # for the names in messages
         self._context = f"[profile={profile} fwd={config.name}]"
         self._lock = threading.Lock()  # guards every field below that changes
         self._conns: set[_Conn] = set()
-        self._total = 0
-        self._closed_up = self._closed_down = 0  # bytes of connections already closed
+        self._total = self._closed_up = self._closed_down = 0  # closed_*: bytes of closed ones
         self._workers: set[threading.Thread] = set()
         self._idle_workers = 0  # waiting on the queue and not yet promised a connection
         self._queue: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
-        self._listener: socket.socket | None = None
+        self._listener: socket.socket | None = None  # None: not listening
         self._address: tuple[str, int] = (config.bind, config.local_port)
-        self._accept_thread: threading.Thread | None = None
-        self._stop: tuple[socket.socket, socket.socket] | None = None
-
-    # ---- lifecycle ----
+        self._accept_thread = threading.Thread()
+        self._stop: socket.socket | None = None  # wakes the accept thread (a socketpair's end)
 
     def start(self) -> Forward:
         """Bind and listen. Raises ForwardError (port in use, permission, bad address)."""
-        if self._listener is not None:
-            return self
-        listener = self._bind()
-        self._address = listener.getsockname()[:2]
-        self._stop = socket.socketpair()
-        self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, args=(listener, self._stop[0]), daemon=True,
-            name=f"forward-{self._profile}-{self.config.name}")
-        self._accept_thread.start()
-        log.info("%s listening on %s:%d → %s:%d", self._context, *self._address,
-                 self.config.remote_host, self.config.remote_port)
+        if self._listener is None:
+            self._listener = self._bind()
+            self._address = self._listener.getsockname()[:2]
+            stop, self._stop = socket.socketpair()
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, args=(self._listener, stop), daemon=True,
+                name=f"forward-{self._profile}-{self.config.name}")
+            self._accept_thread.start()
+            log.info("%s listening on %s:%d → %s:%d", self._context, *self._address,
+                     self.config.remote_host, self.config.remote_port)
         return self
 
     def close_connections(self) -> None:
@@ -97,30 +91,25 @@ class Forward:
         listening. Relayed ones are counted out when the relay reports them closed."""
         with self._lock:
             conns = list(self._conns)
-        changed = False
+            for conn in conns:
+                conn.cancelled = True  # a worker handing it over right now closes it after
+        waiting = [conn for conn in conns if conn.handle is None and not conn.relayed]
         for conn in conns:
-            with self._lock:
-                handle, relayed = conn.handle, conn.relayed
-                conn.cancelled = True
-            if handle is not None:
-                handle.close()
-            elif not relayed:
-                changed |= self._finish(conn, notify=False)
-        if changed:
+            if conn.handle is not None:
+                conn.handle.close()
+        if [conn for conn in waiting if self._finish(conn, notify=False)]:
             self._notify()
 
     def close(self) -> None:
-        """Stop listening and close every connection. A worker still inside a slow connector
-        is not waited for: it closes what the connector returns when it returns."""
-        listener, self._listener = self._listener, None
-        if listener is not None and self._stop is not None:
+        """Stop listening and close every connection, for good (make a new Forward to listen
+        again). A worker inside a slow connector closes what it gets when the connector returns."""
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            self._listener = None
             with contextlib.suppress(OSError):
-                self._stop[1].send(b"x")
-            if self._accept_thread is not None:
-                self._accept_thread.join(CLOSE_WAIT_SECONDS)
-            listener.close()
-            for end in self._stop:
-                end.close()
+                stop.send(b"x")  # the accept thread closes the listener as it ends
+            self._accept_thread.join(CLOSE_WAIT_SECONDS)
+            stop.close()
             log.info("%s stopped listening on %s:%d", self._context, *self._address)
         with self._lock:
             handles = [c.handle for c in self._conns if c.handle is not None]
@@ -139,8 +128,6 @@ class Forward:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ---- what it reports ----
 
     @property
     def address(self) -> tuple[str, int]:
@@ -177,8 +164,6 @@ class Forward:
         with self._lock:
             return self._closed_down + sum(c.handle.bytes_down for c in self._conns if c.handle)
 
-    # ---- listening ----
-
     def _bind(self) -> socket.socket:
         bind, port = self.config.bind, self.config.local_port
         sock = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
@@ -189,6 +174,7 @@ class Forward:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
             sock.bind((bind, port))
             sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)  # a client gone between select and accept must not block
         except OSError as exc:
             sock.close()
             raise self._bind_error(exc) from None
@@ -209,7 +195,7 @@ class Forward:
                             hint=f"check bind and local_port in {section}")
 
     def _accept_loop(self, listener: socket.socket, stop: socket.socket) -> None:
-        with selectors.DefaultSelector() as selector:
+        with listener, stop, selectors.DefaultSelector() as selector:
             selector.register(listener, selectors.EVENT_READ)
             selector.register(stop, selectors.EVENT_READ)
             while True:
@@ -221,8 +207,7 @@ class Forward:
                     continue
                 except OSError as exc:  # out of descriptors and kin: back off, don't spin
                     log.warning("%s accept failed: %s", self._context, exc)
-                    if any(key.fileobj is stop for key, _ in selector.select(0.2)):
-                        return
+                    time.sleep(0.2)
                     continue
                 self._admit(sock, (str(peer[0]), int(peer[1])))
 
@@ -244,8 +229,6 @@ class Forward:
         self._notify()
         if worker is not None:
             worker.start()
-
-    # ---- one connection, on a worker thread ----
 
     def _work(self) -> None:
         try:
@@ -274,10 +257,7 @@ class Forward:
         try:
             channel = self._connector(conn.peer)
         except Exception as exc:  # BastionTrayError; anything else is a connector's bug
-            text = exc.message if isinstance(exc, BastionTrayError) else \
-                f"{type(exc).__name__}: {exc}"
-            log.warning("%s connection from %s:%d closed: %s", self._context, *conn.peer, text)
-            self._finish(conn)
+            self._drop(conn, exc)
             return
         with self._lock:
             conn.relayed = not conn.finished  # else: closed while we waited for the bastion
@@ -289,8 +269,7 @@ class Forward:
             handle = self._relay.add(conn.sock, channel,
                                      lambda stats: self._relayed(conn, stats))
         except Exception as exc:  # the relay was closed (it closed both ends), or broke
-            log.warning("%s connection from %s:%d closed: %s", self._context, *conn.peer, exc)
-            self._finish(conn)
+            self._drop(conn, exc)
             return
         with self._lock:
             conn.handle = handle
@@ -298,8 +277,12 @@ class Forward:
         if cancelled:  # close_connections() came while add() ran
             handle.close()
 
-    def _relayed(self, conn: _Conn, stats: RelayStats) -> None:
-        """The relay closed the connection (on the relay thread)."""
+    def _drop(self, conn: _Conn, exc: Exception) -> None:
+        why = exc.message if isinstance(exc, BastionTrayError) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s connection from %s:%d closed: %s", self._context, *conn.peer, why)
+        self._finish(conn)
+
+    def _relayed(self, conn: _Conn, stats: RelayStats) -> None:  # on the relay thread
         log.debug("%s connection from %s:%d closed (%s): %d bytes up, %d down", self._context,
                   *conn.peer, stats.reason, stats.bytes_up, stats.bytes_down)
         with self._lock:
@@ -330,62 +313,37 @@ class Forward:
 
 
 def find_port_holder(bind: str, port: int) -> tuple[int, str] | None:
-    """(pid, command) of the process listening where `bind:port` would, if the OS tells.
-
-    Linux only, best effort: /proc/net/tcp{,6} names the listening socket's inode, and
-    /proc/<pid>/fd the process holding it (only our own processes, unless we are root).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
+    """(pid, command) of the process listening where `bind:port` would, if the OS tells: Linux
+    /proc only, and only our own processes unless we are root. None otherwise."""
     wanted = {f"socket:[{inode}]" for inode in _listening_inodes(bind, port)}
-    if not wanted:
-        return None
-    for pid in filter(str.isdigit, _listdir("/proc")):
-        for fd in _listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as comm:
-                        return int(pid), comm.read().strip()
-                    return int(pid), "?"
+    for link in glob.glob("/proc/[0-9]*/fd/*") if wanted else []:
+        with contextlib.suppress(OSError):
+            if os.readlink(link) in wanted:
+                pid = link.split("/")[2]
+                return int(pid), Path(f"/proc/{pid}/comm").read_text().strip() or "?"
     return None
 
 
 def _listening_inodes(bind: str, port: int) -> set[str]:
-    """Inodes of LISTEN sockets on `port` whose address clashes with `bind`."""
+    """Inodes of the LISTEN sockets (state 0A) in /proc/net/tcp{,6} that clash with bind:port."""
     try:
         ours: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(bind)
     except ValueError:  # a name: compare ports only
         ours = None
-    inodes: set[str] = set()
+    inodes, lines = set(), []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table, encoding="ascii") as lines:
-            for line in list(lines)[1:]:
-                fields = line.split()
-                if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
-                    continue
-                address, _, hex_port = fields[1].partition(":")
-                if int(hex_port, 16) == port and _clashes(_proc_address(address), ours):
-                    inodes.add(fields[9])
+        with contextlib.suppress(OSError):
+            lines += Path(table).read_text().splitlines()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":
+            continue
+        address, _, hex_port = fields[1].partition(":")
+        raw = b"".join(int(address[i:i + 8], 16).to_bytes(4, sys.byteorder)  # host-order words
+                       for i in range(0, len(address), 8))
+        theirs = ipaddress.ip_address(raw)
+        if int(hex_port, 16) == port and (ours is None or theirs == ours
+                                          or theirs.is_unspecified or ours.is_unspecified):
+            inodes.add(fields[9])
     return inodes
 
-
-def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """/proc/net/tcp's address: hex, each 32-bit word in host (little-endian) order."""
-    raw = bytes.fromhex(text)
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    address = ipaddress.ip_address(raw)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
-def _clashes(theirs: ipaddress.IPv4Address | ipaddress.IPv6Address,
-             ours: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
-    return ours is None or theirs == ours or theirs.is_unspecified or ours.is_unspecified
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
