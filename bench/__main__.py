@@ -25,6 +25,7 @@ import paramiko
 
 from bastion_tray.core.netguard import ENV, install_audit_guard
 from bench import measure
+from bench.daemon import measure_daemon, render_daemon
 from bench.net import child, python_module, raise_fd_limit, require_loopback
 from bench.report import Samples, render
 from bench.sides import LOCAL, Bastion, ours_forward, ssh_forward
@@ -48,7 +49,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, default=500, help="open at once (500)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per contender (5)")
     parser.add_argument("--ciphers", default=",".join(CIPHERS))
-    parser.add_argument("--budget", type=int, default=330, help="seconds for everything (330)")
+    parser.add_argument("--budget", type=int, default=420, help="seconds for everything (420)")
+    parser.add_argument("--idle-window", type=float, default=30.0,
+                        help="seconds the idle daemon is watched (30)")
+    parser.add_argument("--readiness-rounds", type=int, default=3,
+                        help="cold starts timed through the real daemon (3)")
     return parser.parse_args(argv)
 
 
@@ -67,7 +72,7 @@ def _measure(samples: Samples, ports: list[int], args: argparse.Namespace) -> No
 
 
 def _run(sandbox_dir: Path, args: argparse.Namespace, ciphers: list[str]
-         ) -> dict[str, dict[str, Samples]]:
+         ) -> tuple[dict[str, dict[str, Samples]], list[str]]:
     from bastion_tray.sandbox import Sandbox
     from bastion_tray.sandbox.net import pick_loopback_address
 
@@ -91,7 +96,9 @@ def _run(sandbox_dir: Path, args: argparse.Namespace, ciphers: list[str]
                                                                               side.mac)))
                             _measure(sides[name], side.ports, args)
                     print(f"  {cipher} round {round_ + 1}/{args.rounds} done", flush=True)
-    return results
+        print("  the real daemon: readiness and idle cost", flush=True)
+        daemon = measure_daemon(sb, rounds=args.readiness_rounds, idle_window=args.idle_window)
+    return results, render_daemon(daemon, sb.boot_delay)
 
 
 def _notes(args: argparse.Namespace, seconds: float, load: tuple[str, str]) -> list[str]:
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {', '.join(ciphers)}; up to {args.budget} s", flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="bastion-tray-bench-") as tmp:
-            results = _run(Path(tmp), args, ciphers)
+            results, daemon_rows = _run(Path(tmp), args, ciphers)
     except BudgetExceeded as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
     report = "# bench: ours vs ssh -L\n\n" + render(
         results, concurrent=args.concurrent,
-        notes=_notes(args, time.monotonic() - started, (load_before, _load())))
+        notes=_notes(args, time.monotonic() - started, (load_before, _load())),
+        extra=daemon_rows)
     print(report)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)

@@ -46,7 +46,7 @@ def paired_ratio(ssh: Sequence[float], ours: Sequence[float]) -> float:
 
 
 def render(results: dict[str, dict[str, Samples]], *, concurrent: int,
-           notes: Sequence[str]) -> str:
+           notes: Sequence[str], extra: Sequence[str] = ()) -> str:
     """results[cipher]["ssh -L" | "ours"] → a markdown report."""
     lines = ["| metric (median of rounds) | cipher | ssh -L | ours | ours / ssh | target | met |",
              "|---|---|---:|---:|---:|---|---|"]
@@ -70,4 +70,5 @@ def render(results: dict[str, dict[str, Samples]], *, concurrent: int,
                          f"all {concurrent} | {'yes' if low_b == concurrent else 'NO'} |")
     negotiated = [f"- {cipher}: ssh -L negotiated {s['ssh -L'].negotiated}; ours "
                   f"{s['ours'].negotiated}" for cipher, s in results.items()]
-    return "\n".join([*lines, "", *negotiated, *(f"- {note}" for note in notes)]) + "\n"
+    return "\n".join([*lines, *extra, "", *negotiated,
+                      *(f"- {note}" for note in notes)]) + "\n"

@@ -9,13 +9,16 @@ AWS_ENDPOINT_URL, …); every botocore error is turned into a CloudError by clou
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,9 +55,19 @@ class ApiLimits:
                       user_agent_extra=USER_AGENT_EXTRA)
 
 
+#: botocore's EC2 model cut to the four operations we call (scripts/trim_ec2_model.py): the
+#: full model costs a daemon that idles all day ~24 MB of memory
+TRIMMED_MODELS = Path(__file__).resolve().parent / "botocore_data"
+
+
 def default_session(profile: Profile) -> boto3.session.Session:
     """boto3's standard chain: aws_profile (else AWS_PROFILE / default), the profile's region."""
-    return boto3.session.Session(profile_name=profile.aws_profile, region_name=profile.region)
+    core = botocore.session.Session()
+    data_path = core.get_config_variable("data_path")  # AWS_DATA_PATH of the user, if any
+    core.set_config_variable("data_path", os.pathsep.join(
+        p for p in (data_path, str(TRIMMED_MODELS)) if p))
+    return boto3.session.Session(botocore_session=core, profile_name=profile.aws_profile,
+                                 region_name=profile.region)
 
 
 def uses_sso(session: boto3.session.Session) -> bool:

@@ -47,6 +47,12 @@ def tune_allocator() -> bool:
     return bool(mallopt(-3, MMAP_THRESHOLD)) and bool(mallopt(-1, TRIM_THRESHOLD))
 
 
+def release_free_memory() -> None:
+    """glibc's malloc_trim(0): hand free heap back to the OS (what tune_allocator keeps)."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 class RelayClosedError(BastionTrayError):
     """The relay was closed: it takes no new connections."""
 
@@ -341,6 +347,8 @@ class Relay:
             log.exception("on_closed callback failed")
         finally:
             pair.done.set()
+        if not self._pairs:
+            release_free_memory()  # idle now: the heap the buffers kept goes back to the OS
 
 
 def _close_quietly(*things: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,18 @@ from bastion_tray.core.ports import Channel
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
 
+def skip_unused_imports() -> None:
+    """Keep paramiko from importing `invoke` (~15 MB of RSS in a daemon that idles all day).
+
+    paramiko needs invoke only for `Match exec` in an ssh_config, which bastion-tray never
+    parses; without it paramiko records the ImportError and goes on.
+    """
+    if "invoke" not in sys.modules and "paramiko" not in sys.modules:
+        sys.modules["invoke"] = None  # type: ignore[assignment]
+
+
 def real_adapters(config: Config, paths: AppPaths) -> Adapters:
+    skip_unused_imports()
     import paramiko
 
     from bastion_tray.adapters import hostkeys, readiness
