@@ -342,3 +342,40 @@ def test_built_in_client_gives_an_interactive_shell_on_a_terminal(make_app: type
         [(b"#", "echo tty=$(tty | cut -c1-8) answer=$((6*7)); exit 5")])
     assert code == 5, output
     assert "answer=42" in output and "tty=/dev/pts" in output
+
+
+def test_subscribe_streams_the_whole_lifecycle(make_app: type[App]) -> None:
+    """What the tray sees: progress, ready, the idle warning, the stop — pushed, not polled."""
+    import threading
+
+    from bastion_tray.core.paths import app_paths
+    from bastion_tray.service.control_client import ControlClient
+
+    app = make_app(idle_timeout="5s", warn_before="3s")
+    port = local_port(app.cli("connect", "foo", "db", "--lazy", check=True).stdout.strip())
+    client = ControlClient.connect(app_paths({"BASTION_TRAY_HOME": str(app.home)}))
+    events: list[dict[str, object]] = []
+    sub = client.subscribe()
+    assert sub.snapshot["profiles"]["foo"]["bastion"]["state"] == "stopped"
+
+    def collect() -> None:
+        for event in sub:
+            events.append(event)
+            if event.get("type") == "stopped":
+                return
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    conn, _ = query(port, app.sandbox, connect_timeout=30)  # lazy: starts the bastion
+    conn.close()
+    reader.join(timeout=30)
+    sub.close()
+    client.close()
+    kinds = [str(e["type"]) for e in events]
+    wanted = ["progress", "ready", "warn", "stopped"]
+    positions = [kinds.index(k) for k in wanted]
+    assert positions == sorted(positions), kinds
+    ready = events[kinds.index("ready")]
+    assert isinstance(ready["seconds"], float) and ready["status"]  # type: ignore[index]
+    warn = events[kinds.index("warn")]
+    assert 0 < warn["stops_in"] <= 3  # type: ignore[operator]

@@ -174,7 +174,7 @@ class Handlers:
     def op_subscribe(self, req: Request) -> None:
         """A snapshot, then every event with a fresh status, until the client goes away."""
         with self.daemon.bus.subscribe() as sub:
-            req.reply_ok(self.daemon.status())
+            req.reply_ok(self.daemon.status(wait_discovery=10.0))
             last_beat = time.monotonic()
             while not req.closed:
                 event = sub.get(timeout=1.0)
