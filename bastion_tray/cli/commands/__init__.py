@@ -3,6 +3,7 @@
 from bastion_tray.cli.commands import (
     check_config,
     daemon,
+    init,
     proxy,
     shell,
     ssh_config,
@@ -12,4 +13,5 @@ from bastion_tray.cli.commands import (
     up,
 )
 
-ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, check_config]
+ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, check_config,
+       init]
