@@ -28,9 +28,23 @@ TOOLS = {  # executable → Debian package
 TRAY_HEIGHT = 32
 
 
+TYPELIBS = {("Gtk", "3.0"): "gir1.2-gtk-3.0",
+            ("AyatanaAppIndicator3", "0.1"): "gir1.2-ayatanaappindicator3-0.1"}
+
+
 def missing_tools() -> list[str]:
-    """The Debian packages to install for the tools that are not on PATH."""
-    return sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+    """What to install for the tools that are not here: Debian packages, PyGObject."""
+    missing = {pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None}
+    try:
+        import gi
+    except ImportError:
+        return sorted(missing | {"PyGObject (pip install -e '.[gtk]')"})
+    for (namespace, version), pkg in TYPELIBS.items():
+        try:
+            gi.require_version(namespace, version)
+        except ValueError:
+            missing.add(pkg)
+    return sorted(missing)
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,7 @@ class XSession:
             self._start_xvfb()
             self._start_bus()
             self._spawn("dunst", ["dunst"])
-            wait_until(lambda: self._run(["dunstctl", "count"], check=False).returncode == 0,
+            wait_until(lambda: self.run(["dunstctl", "count"], check=False).returncode == 0,
                        10, "dunst to answer on the session bus")
             self._spawn("trayer", ["trayer", "--edge", "top", "--align", "left",
                                    "--widthtype", "request", "--height", str(TRAY_HEIGHT),
@@ -118,7 +132,7 @@ class XSession:
         }
 
     def _start_bus(self) -> None:
-        out = self._run(["dbus-launch", "--sh-syntax"]).stdout
+        out = self.run(["dbus-launch", "--sh-syntax"]).stdout
         values = dict(re.findall(r"^(\w+)='?([^';\n]*)'?;", out, re.M))
         self.bus_address = values["DBUS_SESSION_BUS_ADDRESS"]
         self.pids["dbus-daemon"] = int(values["DBUS_SESSION_BUS_PID"])
@@ -190,7 +204,7 @@ class XSession:
 
     # ---- looking and poking ------------------------------------------------------------------
 
-    def _run(self, argv: list[str], check: bool = True,
+    def run(self, argv: list[str], check: bool = True,
              timeout: float = 10) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, env=self.child_env(), capture_output=True, text=True,
                               check=check, timeout=timeout)
@@ -206,7 +220,14 @@ class XSession:
 
     def windows(self) -> list[Window]:
         """Every window of the tree with its absolute geometry and depth below the root."""
-        out = self._run(["xwininfo", "-root", "-tree"]).stdout
+        for attempt in range(5):  # a window destroyed mid-walk makes xwininfo fail: retry
+            tree = self.run(["xwininfo", "-root", "-tree"], check=False)
+            if tree.returncode == 0:
+                break
+            time.sleep(0.05 * (attempt + 1))
+        else:
+            raise RuntimeError(f"xwininfo -root -tree keeps failing: {tree.stderr.strip()}")
+        out = tree.stdout
         found = []
         for line in out.splitlines():
             m = _TREE_LINE.match(line)
@@ -220,7 +241,7 @@ class XSession:
         return [w for w in self.windows() if w.depth == 0]
 
     def mapped(self, wid: int) -> bool:
-        out = self._run(["xwininfo", "-id", hex(wid)], check=False).stdout
+        out = self.run(["xwininfo", "-id", hex(wid)], check=False).stdout
         return "IsViewable" in out
 
     def tray_icon(self) -> Window | None:
@@ -238,7 +259,7 @@ class XSession:
         return None
 
     def xdotool(self, *args: str) -> None:
-        self._run(["xdotool", *args])
+        self.run(["xdotool", *args])
 
     def screenshot(self, path: Path, crop: tuple[int, int, int, int] | None = None) -> Path:
         """The root window (optionally cropped to x, y, width, height) as a PNG."""
@@ -247,11 +268,11 @@ class XSession:
         if crop:
             x, y, w, h = crop
             argv += ["-crop", f"{w}x{h}+{x}+{y}", "+repage"]
-        self._run([*argv, str(path)], timeout=20)
+        self.run([*argv, str(path)], timeout=20)
         return path
 
     def notifications(self) -> list[dict[str, Any]]:
         """dunst's history, newest first: [{"summary": ..., "body": ..., "appname": ...}]."""
-        out = self._run(["dunstctl", "history"]).stdout
+        out = self.run(["dunstctl", "history"]).stdout
         items = json.loads(out)["data"][0]
         return [{k: v.get("data") for k, v in item.items()} for item in items]

@@ -1,0 +1,48 @@
+"""The tray icon images: PNGs drawn by resources/make_icons.py, shipped as package data."""
+
+from __future__ import annotations
+
+import functools
+import io
+import sys
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from bastion_tray.ui.model import IconState
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+PACKAGE, FOLDER = "bastion_tray", "resources"
+SIZES = (16, 22, 32, 48, 64)
+TEMPLATE_SIZES = (22, 44)
+
+
+def default_size(platform: str = sys.platform) -> int:
+    """What to hand the backend: it scales to the panel, and scaling a drawn 32 px down to
+    22 or 16 keeps the strokes; macOS gets its template at 2x for Retina menu bars."""
+    return 44 if platform == "darwin" else 32
+
+
+def file_name(state: IconState, size: int, template: bool = False) -> str:
+    if template:
+        return f"tray-{state.value}-template-{size}.png"
+    return f"tray-{state.value}-{size}.png"
+
+
+def icon_bytes(state: IconState, size: int, template: bool = False) -> bytes:
+    return (resources.files(PACKAGE) / FOLDER / file_name(state, size, template)).read_bytes()
+
+
+@functools.lru_cache(maxsize=32)
+def load(state: IconState, size: int | None = None, template: bool | None = None) -> Image:
+    """The icon for `state`, as a PIL image (macOS: the black + alpha template)."""
+    from PIL import Image as PILImage
+
+    template = sys.platform == "darwin" if template is None else template
+    sizes = TEMPLATE_SIZES if template else SIZES
+    size = size or default_size("darwin" if template else sys.platform)
+    nearest = min(sizes, key=lambda s: (abs(s - size), -s))
+    image = PILImage.open(io.BytesIO(icon_bytes(state, nearest, template)))
+    image.load()
+    return image.convert("RGBA")
