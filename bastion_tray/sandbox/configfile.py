@@ -78,7 +78,8 @@ def dump_tables(tables: Mapping[tuple[str, ...], Mapping[str, Value | None]]) ->
 def write_config(path: Path, targets: ConfigTargets, *, idle_timeout: str | int = "30m",
                  warn_before: str | int = "2m",
                  extra_bastion: Mapping[str, Value | None] | None = None,
-                 extra_settings: Mapping[str, Value | None] | None = None) -> Path:
+                 extra_settings: Mapping[str, Value | None] | None = None,
+                 profile: str = PROFILE) -> Path:
     """Write the config; `extra_*` add or override keys (None removes one, e.g. `name`)."""
     identity = str(targets.identity_file)
     bastion: dict[str, Value | None] = {
@@ -88,12 +89,12 @@ def write_config(path: Path, targets: ConfigTargets, *, idle_timeout: str | int 
         "idle_timeout": idle_timeout, "warn_before": warn_before, **(extra_settings or {})}
     tables: dict[tuple[str, ...], Mapping[str, Value | None]] = {
         ("settings",): settings,
-        ("profiles", PROFILE): {"region": targets.region},
-        ("profiles", PROFILE, "bastion"): bastion,
-        ("profiles", PROFILE, "hosts", "appserver"): {
+        ("profiles", profile): {"region": targets.region},
+        ("profiles", profile, "bastion"): bastion,
+        ("profiles", profile, "hosts", "appserver"): {
             "hostname": targets.appserver_host, "port": targets.appserver_port,
             "user": targets.user, "identity_file": identity},
-        ("profiles", PROFILE, "forwards", "db"): {
+        ("profiles", profile, "forwards", "db"): {
             "local_port": targets.db_local_port, "remote_host": targets.db_host,
             "remote_port": targets.db_port},
     }

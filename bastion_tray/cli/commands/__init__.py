@@ -1,17 +1,20 @@
 """One module per subcommand; each has `register(subparsers)` that sets `run` as the default."""
 
 from bastion_tray.cli.commands import (
+    autostart,
     check_config,
     daemon,
+    demo,
     init,
     proxy,
     shell,
     ssh_config,
     status,
     stop,
+    tray,
     trust,
     up,
 )
 
-ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, check_config,
-       init]
+ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, tray, autostart, check_config,
+       init, demo]

@@ -1,0 +1,240 @@
+"""`bastion-tray demo`: the whole product on the simulated VPC, no AWS account needed.
+
+A throwaway BASTION_TRAY_HOME holds a generated profile `demo` (short idle timeout) aimed at
+the sandbox: a stopped bastion that boots a few seconds after it is started, an app server and
+MariaDB as "RDS". The daemon and — where there is a display — the tray run as they would for a
+user; without a display a live status line stands in for the tray. Ctrl-C (or SIGTERM) tears
+everything down and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from bastion_tray.core.durations import format_duration
+from bastion_tray.core.netguard import ENV as LOOPBACK_ENV
+from bastion_tray.core.netguard import install_audit_guard, is_loopback
+
+PROFILE = "demo"
+
+
+def has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Demo:
+    """A handle: `start()` prints what to try, `close()` takes every piece down again."""
+
+    def __init__(self, *, boot_delay: float, idle_timeout: str, out: TextIO = sys.stdout,
+                 home: Path | None = None) -> None:
+        self.out = out
+        self.boot_delay = boot_delay
+        self.idle_timeout = idle_timeout
+        self.home = home or Path(tempfile.mkdtemp(prefix="bt-demo-", dir="/tmp"))
+        self._own_home = home is None
+        self.sandbox: Any = None
+        self.tray: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+        self.db_port = 0
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def start(self, *, with_tray: bool) -> None:
+        from bastion_tray.sandbox import Sandbox
+
+        os.environ[LOOPBACK_ENV] = "1"  # this process and every child: loopback only
+        install_audit_guard()
+        self.say("Starting the simulated VPC (local AWS endpoint, bastion sshd, app server, "
+                 "MariaDB as RDS)…")
+        began = time.monotonic()
+        self.sandbox = sb = Sandbox.start(self.home / "vpc", boot_delay=self.boot_delay)
+        assert is_loopback(sb.eip), f"the demo bastion must be on loopback, not {sb.eip}"
+        self.say(f"  ready in {time.monotonic() - began:.1f} s; bastion instance "
+                 f"{sb.bastion_instance_id} is stopped, Elastic IP {sb.eip}")
+        self.db_port = 13306 if _port_free(13306) else sb.db_forward_port
+        config = sb.write_config(self.home / "config.toml", idle_timeout=self.idle_timeout,
+                                 warn_before="20s", db_local_port=self.db_port,
+                                 profile=PROFILE)
+        known_hosts = self.home / "state" / "known_hosts"
+        known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        known_hosts.write_text(f"[{sb.eip}]:{sb.bastion_port} {sb.bastion_host_key_line}\n"
+                               f"{sb.appserver_known_hosts_line}\n")
+        self.env = sb.child_env()
+        self.env.update(BASTION_TRAY_HOME=str(self.home), BASTION_TRAY_CONFIG=str(config),
+                        BASTION_TRAY_LOOPBACK_ONLY="1")
+        os.environ.update(self.env)  # so the commands printed below work from this process too
+        for key in [k for k in os.environ if k.startswith("AWS_") and k not in self.env]:
+            del os.environ[key]
+        self._start_daemon(config)
+        if with_tray:
+            self.tray = subprocess.Popen(
+                [sys.executable, "-m", "bastion_tray", "tray"], env=self.env,
+                start_new_session=True, stdout=subprocess.DEVNULL,
+                stderr=(self.home / "tray.log").open("ab"))
+        self._print_guide(config)
+
+    def _start_daemon(self, config: Path) -> None:
+        from bastion_tray.cli.session import daemon_argv
+        from bastion_tray.core.config import load_config
+        from bastion_tray.core.paths import app_paths, ensure_private_dir
+        from bastion_tray.service.spawn import ensure_daemon
+
+        paths = app_paths(self.env)
+        ensure_private_dir(paths.log_dir)
+        with ensure_daemon(paths, argv=daemon_argv(load_config(config)), env=self.env,
+                           log_path=paths.daemon_log) as client:
+            # listening from the start: the first connection starts the bastion (lazy)
+            client.request("connect", profile=PROFILE, forward="db", lazy=True)
+
+    def _print_guide(self, config: Path) -> None:
+        sb = self.sandbox
+        ssh_config = self.home / "ssh_config"
+        ssh_config.write_text(self._cli_output("ssh-config", PROFILE) + "\n".join([
+            "", "Host *", f"    UserKnownHostsFile {self.home / 'state' / 'known_hosts'}",
+            "    StrictHostKeyChecking yes", ""]))
+        exports = " ".join(f"{k}={self.env[k]}" for k in ("BASTION_TRAY_HOME",
+                                                           "BASTION_TRAY_CONFIG"))
+        client = "mysql" if shutil.which("mysql") else "mariadb"
+        self.say(f"""
+The demo profile '{PROFILE}' is in {config}; the bastion stops after {self.idle_timeout} idle.
+Try, in another terminal (the bastion starts on the first connection):
+
+  {client} -h 127.0.0.1 -P {self.db_port} -u {sb.db_user} -p{sb.db_password} {sb.db_name} \
+-e 'SELECT * FROM greetings'
+  MySQL Workbench: Standard (TCP/IP), 127.0.0.1:{self.db_port}, user {sb.db_user}, \
+password {sb.db_password}
+  ssh -F {ssh_config} {PROFILE}-appserver hostname
+  env {exports} {sys.executable} -m bastion_tray status
+
+Press Ctrl-C to stop the demo; it takes everything down with it.
+""")
+
+    def _cli_output(self, *args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "bastion_tray", *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        return proc.stdout
+
+    def status(self) -> dict[str, Any]:
+        from bastion_tray.core.paths import app_paths
+        from bastion_tray.service.control_client import ControlClient
+
+        with ControlClient.connect(app_paths(self.env)) as client:
+            return client.request("status")["profiles"][PROFILE]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.tray is not None and self.tray.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.tray.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.tray.wait(5)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.tray.pid, signal.SIGKILL)
+        if self.env:
+            _shutdown_daemon(self.env)
+        if self.sandbox is not None:
+            self.sandbox.close()
+        if self._own_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _shutdown_daemon(env: dict[str, str]) -> None:
+    from bastion_tray.core.paths import app_paths
+    from bastion_tray.service.control_client import ControlClient
+    from bastion_tray.service.spawn import pid_alive, read_pid
+
+    paths = app_paths(env)
+    pid = read_pid(paths.pidfile)
+    with contextlib.suppress(Exception), ControlClient.connect(paths) as client:
+        client.request("shutdown")
+    deadline = time.monotonic() + 15
+    while pid and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid and pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def status_line(p: dict[str, Any]) -> str:
+    b = p["bastion"]
+    line = f"{PROFILE}: {b['state']}, ssh {b['ssh']}"
+    if p.get("phase"):
+        line += f" — {p['phase']}…"
+    active = sum(f["active_connections"] for f in p["forwards"].values()) + p["sessions"]
+    if active:
+        line += f" · {active} connection{'s' if active > 1 else ''}"
+    elif p.get("stops_in_seconds") is not None:
+        line += f" · stops in {format_duration(p['stops_in_seconds'])}"
+    if p.get("error"):
+        line += f" · error: {p['error']['message'][:60]}"
+    return line
+
+
+def run_headless(demo: Demo, stop: threading.Event, tty: bool,
+                 sleep: Callable[[float], bool]) -> None:
+    """The live status line that stands in for the tray without a display."""
+    last = ""
+    while not stop.is_set():
+        try:
+            line = status_line(demo.status())
+        except Exception as exc:  # the daemon restarting: say so, keep going
+            line = f"{PROFILE}: daemon not answering ({exc})"
+        if tty:
+            demo.out.write("\r\033[K" + line)
+            demo.out.flush()
+        elif line.split(" · stops in")[0] != last:  # a log, not a ticker: changes only
+            demo.say(line)
+        last = line.split(" · stops in")[0]
+        sleep(1.0)
+
+
+def main(*, boot_delay: float, idle_timeout: str, headless: bool, duration: float | None
+         ) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with_tray = not headless and has_display()
+    demo = Demo(boot_delay=boot_delay, idle_timeout=idle_timeout)
+    try:
+        demo.start(with_tray=with_tray)
+        if not with_tray:
+            demo.say("(no display: a live status line stands in for the tray)")
+        if duration is not None:
+            threading.Timer(duration, stop.set).start()
+        if with_tray:
+            stop.wait()
+        else:
+            run_headless(demo, stop, sys.stdout.isatty(), stop.wait)
+    finally:
+        demo.say("\nStopping the demo…")
+        demo.close()
+        demo.say("Everything is stopped.")
+    return 0

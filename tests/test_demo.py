@@ -1,0 +1,89 @@
+"""`bastion-tray demo` headless, as CI runs it: it starts, serves a query through the
+forward (starting the bastion on demand), and Ctrl-C tears it all down with no stray process."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    seen, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+            if re.search(pattern, seen):
+                return seen
+    raise AssertionError(f"no {pattern!r} within {timeout} s; output so far:\n{seen}")
+
+
+def live_processes() -> dict[int, str]:
+    """pid → command line of every process on the machine that is not a zombie."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def processes_mentioning(text: str) -> list[str]:
+    return [cmd for cmd in live_processes().values() if text in cmd]
+
+
+def test_demo_runs_headless_serves_a_query_and_leaves_nothing_behind(
+        sandbox: object) -> None:  # the fixture proves the prerequisites (fails under CI=true)
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    before = live_processes()
+    proc = subprocess.Popen([sys.executable, "-m", "bastion_tray", "demo", "--headless",
+                             "--boot-delay", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        guide = read_until(proc, r"Press Ctrl-C", 60)
+        home = re.search(r"BASTION_TRAY_HOME=(\S+)", guide)
+        mysql = re.search(r"-h 127\.0\.0\.1 -P (\d+) -u (\S+) -p(\S+) (\S+)", guide)
+        assert home and mysql, guide
+        assert "demo: stopped" in read_until(proc, r"demo: stopped", 20)
+        port, user, password, database = mysql.groups()
+        conn = pymysql.connect(host="127.0.0.1", port=int(port), user=user, password=password,
+                               database=database, connect_timeout=30)
+        with conn.cursor() as cur:
+            cur.execute("SELECT message FROM greetings")
+            assert "hello" in str(cur.fetchone())
+        conn.close()
+        read_until(proc, r"demo: running, ssh connected", 20)
+        assert processes_mentioning(home.group(1)), "the demo's processes should be running"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "Everything is stopped." in out
+    time.sleep(0.5)
+    assert processes_mentioning(home.group(1)) == []
+    # moto's server, sshd sessions, MariaDB: nothing started during the demo may survive it
+    leftovers = {pid: cmd for pid, cmd in live_processes().items()
+                 if pid not in before and pid != os.getpid()}
+    assert leftovers == {}
+    assert not Path(home.group(1)).exists()
