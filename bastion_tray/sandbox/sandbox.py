@@ -251,14 +251,15 @@ class Sandbox:
                      warn_before: str | int = "2m",
                      extra_bastion: dict[str, Value | None] | None = None,
                      extra_settings: dict[str, Value | None] | None = None,
-                     db_local_port: int | None = None) -> Path:
-        """A bastion-tray config for profile `foo` pointing at this sandbox."""
+                     db_local_port: int | None = None, profile: str = "foo") -> Path:
+        """A bastion-tray config for `profile` pointing at this sandbox."""
         targets = ConfigTargets(
             self.region, vpc.BASTION_NAME, self.user, self.client_key, self.bastion_port,
             self.appserver_host, self.appserver_port, self.db_host, self.db_port,
             db_local_port if db_local_port is not None else self.db_forward_port)
         return write_config(path, targets, idle_timeout=idle_timeout, warn_before=warn_before,
-                            extra_bastion=extra_bastion, extra_settings=extra_settings)
+                            extra_bastion=extra_bastion, extra_settings=extra_settings,
+                            profile=profile)
 
     def pids(self) -> dict[str, int]:
         """Processes this sandbox runs now ("name:pid" → pid), for leak checks."""
