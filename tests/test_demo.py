@@ -53,10 +53,29 @@ def processes_mentioning(text: str) -> list[str]:
     return [cmd for cmd in live_processes().values() if text in cmd]
 
 
+def descendants(root: int) -> dict[int, str]:
+    """Every live process below `root` (a daemon in its own session is still a child)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        children = [p for p, parent in parents.items() if parent == pid]
+        found.update(children)
+        todo += children
+    live = live_processes()
+    return {pid: live[pid] for pid in found if pid in live}
+
+
 def test_demo_runs_headless_serves_a_query_and_leaves_nothing_behind(
         sandbox: object) -> None:  # the fixture proves the prerequisites (fails under CI=true)
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    before = live_processes()
     proc = subprocess.Popen([sys.executable, "-m", "bastion_tray", "demo", "--headless",
                              "--boot-delay", "2"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -74,7 +93,9 @@ def test_demo_runs_headless_serves_a_query_and_leaves_nothing_behind(
             assert "hello" in str(cur.fetchone())
         conn.close()
         read_until(proc, r"demo: running, ssh connected", 20)
-        assert processes_mentioning(home.group(1)), "the demo's processes should be running"
+        started = descendants(proc.pid)  # moto, sshd and its sessions, MariaDB, the daemon
+        assert any("moto" in cmd for cmd in started.values()), started
+        assert any("daemon" in cmd for cmd in started.values()), started
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = proc.communicate(timeout=60)
@@ -82,8 +103,7 @@ def test_demo_runs_headless_serves_a_query_and_leaves_nothing_behind(
     assert "Everything is stopped." in out
     time.sleep(0.5)
     assert processes_mentioning(home.group(1)) == []
-    # moto's server, sshd sessions, MariaDB: nothing started during the demo may survive it
-    leftovers = {pid: cmd for pid, cmd in live_processes().items()
-                 if pid not in before and pid != os.getpid()}
-    assert leftovers == {}
+    # nothing the demo started may survive it (a pid reused since would have another cmdline)
+    live = live_processes()
+    assert {pid: cmd for pid, cmd in started.items() if live.get(pid) == cmd} == {}
     assert not Path(home.group(1)).exists()

@@ -117,7 +117,7 @@ def test_init_yes_writes_the_bastion_the_databases_and_the_private_host(
     assert (forwards["foo-pg"]["local_port"], forwards["foo-pg"]["remote_port"]) == (
         first_free(15432), 5432)
     assert profile["hosts"] == {
-        "foo-appserver": {"hostname": private_ip(sb, sb.appserver_instance_id)}}
+        "appserver": {"hostname": private_ip(sb, sb.appserver_instance_id)}}
     assert "bastion-tray trust foo" in out and "bastion-tray connect foo foo-db" in out
     assert app.instance_state() == state  # --yes without --trust starts nothing
     assert (app.config.stat().st_mode & 0o777) == 0o600
@@ -290,7 +290,7 @@ def test_init_on_a_terminal_asks_then_trusts_the_bastion(
         assert sb.bastion_host_key_line.split()[1] in app.known_hosts.read_text()
         profile = written(app)["profiles"]["foo"]
         assert set(profile["forwards"]) == {"foo-db", "foo-pg"}
-        assert set(profile["hosts"]) == {"foo-appserver"}
+        assert set(profile["hosts"]) == {"appserver"}
     finally:
         app.close()
         sb.reset()
@@ -347,3 +347,16 @@ def test_a_forced_profile_is_replaced_in_place_and_oddly_written_ones_are_refuse
         cw.add_profile_text(dotted, plan, replace=True)
     with pytest.raises(UsageError):
         cw.parse_target_spec("--host", "a=b c", local=False)
+
+
+@pytest.mark.parametrize(("tag", "bastion", "expected"), [
+    ("foo-appserver", "foo-bastion", "appserver"),
+    ("foo-appserver", "bastion-prod", "foo-appserver"),
+    ("foo-", "foo-bastion", "foo"),
+    ("web server", None, "web-server"),
+])
+def test_host_names_drop_the_profile_prefix(tag: str, bastion: str | None,
+                                            expected: str) -> None:
+    from bastion_tray.core.configwriter import host_name_for
+
+    assert host_name_for(tag, bastion) == expected

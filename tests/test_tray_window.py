@@ -155,11 +155,15 @@ def test_right_click_connect_db_opens_the_forward_and_notifies(
     daemon_pid = None
     try:
         icon = wait_until(xsession.tray_icon, 20, "the tray icon to dock at >= 16 px")
-        # the daemon's first status reached the tray when its icon leaves "offline"
+        # the tray starts the daemon; the offline and stopped icons are both grey, so the
+        # colour alone cannot tell them apart: wait for the daemon first, then the icon
+        daemon_pid = wait_until(
+            lambda: (pid := app.daemon_pid()) is not None and alive(pid) and pid, 30,
+            "the tray to start a daemon")
+        wait_until(lambda: app.status()["bastion"]["state"] == "stopped", 30,
+                   "the daemon to report the stopped bastion")
         wait_until(lambda: shown_state(xsession, icon, tmp_path / "icon.png")
                    is IconState.STOPPED, 30, "the icon to show the stopped bastion")
-        daemon_pid = app.daemon_pid()
-        assert daemon_pid is not None and alive(daemon_pid), "the tray did not start a daemon"
         menu = open_menu(xsession, tmp_path)
         shot = screenshot_with_menu(xsession, menu, f"tray-{backend}-menu-stopped.png")
         assert shot.stat().st_size > 0

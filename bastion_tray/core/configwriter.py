@@ -91,6 +91,15 @@ def profile_name_for(bastion_name: str | None) -> str:
     return name if valid_name(name) else "default"
 
 
+def host_name_for(name_tag: str, bastion_name: str | None) -> str:
+    """foo-appserver → appserver when the bastion is foo-bastion: the ssh alias that
+    `ssh-config` makes (PROFILE-HOST) is then foo-appserver again, not foo-foo-appserver."""
+    name = sanitize_name(name_tag)
+    prefix = profile_name_for(bastion_name) + "-"
+    stripped = name[len(prefix):] if name.startswith(prefix) else name
+    return stripped if valid_name(stripped) else name
+
+
 def unique_name(base: str, taken: Iterable[str]) -> str:
     """`base`, else base-2, base-3, …: the first not in `taken`."""
     used = set(taken)

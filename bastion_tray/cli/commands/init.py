@@ -257,7 +257,7 @@ def _hosts(inventory: dv.Inventory, bastion: dv.FoundInstance,
     if specs:
         return plans
     for i in inventory.private_hosts(bastion):  # named after their Name tag, sanitized
-        name = cw.unique_name(cw.sanitize_name(i.name or "") or i.instance_id,
+        name = cw.unique_name(cw.host_name_for(i.name or "", bastion.name) or i.instance_id,
                               [h.name for h in plans])
         plans.append(cw.HostPlan(name, i.private_ip or "", None, i.label))
     return plans
