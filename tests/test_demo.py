@@ -107,3 +107,30 @@ def test_demo_runs_headless_serves_a_query_and_leaves_nothing_behind(
     live = live_processes()
     assert {pid: cmd for pid, cmd in started.items() if live.get(pid) == cmd} == {}
     assert not Path(home.group(1)).exists()
+
+
+def test_demo_with_stand_ins_says_so_and_relays_through_the_forward(sandbox: object) -> None:
+    """Where sshd/MariaDB cannot be installed the demo uses built-in stand-ins (forced here)."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    proc = subprocess.Popen([sys.executable, "-m", "bastion_tray", "demo", "--headless",
+                             "--standins", "--boot-delay", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        guide = read_until(proc, r"Press Ctrl-C", 60)
+        assert "stands in" in guide and "not MySQL" in guide
+        port = re.search(r"127\.0\.0\.1', (\d+)\)|nc 127\.0\.0\.1 (\d+)", guide)
+        assert port, guide
+        with socket.create_connection(("127.0.0.1", int(port.group(1) or port.group(2))),
+                                      timeout=30) as conn:
+            conn.settimeout(30)
+            greeting = conn.recv(200)
+            assert b"stand-in database" in greeting
+            conn.sendall(b"ping\n")
+            assert b"ping" in conn.recv(200)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Everything is stopped." in out, out

@@ -50,7 +50,8 @@ class Demo:
     """A handle: `start()` prints what to try, `close()` takes every piece down again."""
 
     def __init__(self, *, boot_delay: float, idle_timeout: str, out: TextIO = sys.stdout,
-                 home: Path | None = None) -> None:
+                 home: Path | None = None, standins: bool | None = None) -> None:
+        self.standins = standins  # None: stand-ins only where sshd/MariaDB are missing
         self.out = out
         self.boot_delay = boot_delay
         self.idle_timeout = idle_timeout
@@ -65,15 +66,23 @@ class Demo:
         print(text, file=self.out, flush=True)
 
     def start(self, *, with_tray: bool) -> None:
-        from bastion_tray.sandbox import Sandbox
+        from bastion_tray.sandbox import Sandbox, missing_prerequisites
 
         os.environ[LOOPBACK_ENV] = "1"  # this process and every child: loopback only
         install_audit_guard()
-        self.say("Starting the simulated VPC (local AWS endpoint, bastion sshd, app server, "
-                 "MariaDB as RDS)…")
+        missing = missing_prerequisites()  # Sandbox.start picks stand-ins by the same test
+        standins = self.standins if self.standins is not None else bool(missing)
+        self.say("Starting the simulated VPC (local AWS endpoint, "
+                 + ("built-in stand-ins for the bastion, app server and database"
+                    if standins else "bastion sshd, app server, MariaDB as RDS") + ")…")
         began = time.monotonic()
-        self.sandbox = sb = Sandbox.start(self.home / "vpc", boot_delay=self.boot_delay)
+        self.sandbox = sb = Sandbox.start(self.home / "vpc", boot_delay=self.boot_delay,
+                                          standins=self.standins)
         assert is_loopback(sb.eip), f"the demo bastion must be on loopback, not {sb.eip}"
+        if sb.standins:
+            self.say(f"  {sb.standin_note}.")
+            if missing:
+                self.say(f"  (for the real ones: apt-get install {' '.join(missing)})")
         self.say(f"  ready in {time.monotonic() - began:.1f} s; bastion instance "
                  f"{sb.bastion_instance_id} is stopped, Elastic IP {sb.eip}")
         self.db_port = 13306 if _port_free(13306) else sb.db_forward_port
@@ -112,6 +121,9 @@ class Demo:
             client.request("connect", profile=PROFILE, forward="db", lazy=True)
 
     def _print_guide(self, config: Path) -> None:
+        if self.sandbox.standins:
+            self._print_standin_guide(config)
+            return
         sb = self.sandbox
         ssh_config = self.home / "ssh_config"
         ssh_config.write_text(self._cli_output("ssh-config", PROFILE) + "\n".join([
@@ -131,6 +143,31 @@ password {sb.db_password}
   ssh -F {ssh_config} {PROFILE}-appserver hostname
   env {exports} {sys.executable} -m bastion_tray status
 
+Press Ctrl-C to stop the demo; it takes everything down with it.
+""")
+
+    def _print_standin_guide(self, config: Path) -> None:
+        """No mysql line (the stand-in database is a line echo) and no ssh line (the stand-in
+        app server runs no commands): talk to the echo through the forward, watch the status."""
+        exports = " ".join(f"{k}={self.env[k]}" for k in ("BASTION_TRAY_HOME",
+                                                           "BASTION_TRAY_CONFIG"))
+        if shutil.which("nc"):
+            talk = f"nc 127.0.0.1 {self.db_port}"
+            what = "the stand-in database greets, then sends back each line you type"
+        else:
+            talk = (f"{sys.executable} -c \"import socket; s = socket.create_connection(("
+                    f"'127.0.0.1', {self.db_port})); print(s.recv(200).decode()); "
+                    f"s.sendall(b'hello\\n'); print(s.recv(200).decode())\"")
+            what = "reads the stand-in database's greeting, sends a line and gets it back"
+        self.say(f"""
+The demo profile '{PROFILE}' is in {config}; the bastion stops after {self.idle_timeout} idle.
+Try, in another terminal (the bastion starts on the first connection):
+
+  {talk}
+      ({what}, through the forward)
+  env {exports} {sys.executable} -m bastion_tray status
+
+The stand-in database is not MySQL: mysql clients and Workbench cannot talk to it.
 Press Ctrl-C to stop the demo; it takes everything down with it.
 """)
 
@@ -212,8 +249,8 @@ def run_headless(demo: Demo, stop: threading.Event, tty: bool,
         sleep(1.0)
 
 
-def main(*, boot_delay: float, idle_timeout: str, headless: bool, duration: float | None
-         ) -> int:
+def main(*, boot_delay: float, idle_timeout: str, headless: bool, duration: float | None,
+         standins: bool | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -222,7 +259,7 @@ def main(*, boot_delay: float, idle_timeout: str, headless: bool, duration: floa
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with_tray = not headless and has_display()
-    demo = Demo(boot_delay=boot_delay, idle_timeout=idle_timeout)
+    demo = Demo(boot_delay=boot_delay, idle_timeout=idle_timeout, standins=standins)
     try:
         demo.start(with_tray=with_tray)
         if not with_tray:

@@ -2,6 +2,7 @@
 
 Everything listens on loopback addresses only; `close()` (or leaving the `with` block, or the
 interpreter exiting) stops every process it started, also after a start that failed halfway.
+Where OpenSSH sshd or MariaDB are missing, embedded stand-ins (standins.py) take their places.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from bastion_tray.core.errors import WaitTimeout
-from bastion_tray.sandbox import aws, keys, stubs, vpc
+from bastion_tray.sandbox import aws, keys, prereqs, standins, stubs, vpc
 from bastion_tray.sandbox.configfile import ConfigTargets, Value, write_config
 from bastion_tray.sandbox.errors import SandboxError
 from bastion_tray.sandbox.mariadb import MariaDB
@@ -28,6 +29,7 @@ from bastion_tray.sandbox.net import can_bind, free_port, pick_loopback_address,
 from bastion_tray.sandbox.prereqs import find_tool, missing_prerequisites, sftp_server
 from bastion_tray.sandbox.procs import ProcessSet, descendants, wait_for
 from bastion_tray.sandbox.sshd import Sshd, SshdSpec
+from bastion_tray.sandbox.standins import StandinAppServer, StandinBastion, StandinDatabase
 from bastion_tray.sandbox.watcher import BastionWatcher
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,15 @@ class Sandbox:
     vpc: vpc.SeededVpc  # every id: vpc, subnets, groups, instances, EIP allocation
     bastion_instance_id: str
     appserver_instance_id: str
+    # real peers or stand-ins
+    standins: bool  # True: the embedded stand-ins (no sshd, no MariaDB) run instead
+    standin_note: str  # what is replaced and why, one line; "" with the real peers
     # the bastion
     eip: str  # its Elastic IP, a checked 127.x.y.z; sshd listens here while it runs
     bastion_host: str  # the same as eip
     bastion_port: int
-    user: str  # the login user on both sshd: whoever runs the sandbox
-    client_key: Path  # unencrypted ed25519, 0600, authorized on both sshd
+    user: str  # the login user on both sshd (or stand-ins): whoever runs the sandbox
+    client_key: Path  # unencrypted ed25519, 0600, authorized on both sshd (or stand-ins)
     bastion_host_key_line: str  # "ssh-ed25519 AAAA…"
     bastion_host_key_fingerprint: str  # "SHA256:…", for `host_key = …` pins
     known_hosts: Path  # both hosts' keys, for clients that want a file
@@ -58,30 +63,40 @@ class Sandbox:
     appserver_known_hosts_line: str
     db_host: str
     db_port: int
-    db_name: str
+    db_name: str  # with the stand-in database (a line echo, not MySQL) these three are ""
     db_user: str
     db_password: str
     db_forward_port: int  # a local port that was free, used by write_config's forward
     stub_dir: Path
 
-    def __init__(self, workdir: Path, boot_delay: float) -> None:
+    def __init__(self, workdir: Path, boot_delay: float, missing: list[str],
+                 standins: bool) -> None:
         self.workdir = workdir.resolve()
         self.boot_delay = boot_delay
+        self.standins = standins
+        self.standin_note = prereqs.standin_note(missing) if standins else ""
+        self._missing = missing
         self._procs = ProcessSet()
         self._db: MariaDB | None = None
-        self._bastion: Sshd | None = None
+        self._bastion: Sshd | StandinBastion | None = None
+        self._standin_servers: list[StandinBastion | StandinDatabase] = []
         self._watcher: BastionWatcher | None = None
         self._ec2: Any = None
         self._closed = False
 
     @classmethod
-    def start(cls, workdir: Path, *, boot_delay: float = 1.5,
-              bastion_port: int | None = None) -> Sandbox:
+    def start(cls, workdir: Path, *, boot_delay: float = 1.5, bastion_port: int | None = None,
+              standins: bool | None = None) -> Sandbox:
+        """`standins`: None picks the real sshd and MariaDB where installed, else the stand-ins
+        (for both); True forces the stand-ins; False insists on the real peers."""
         missing = missing_prerequisites()
-        if missing:
+        if standins is False and missing:
             raise SandboxError("the sandbox needs more packages",
                                hint="apt-get install " + " ".join(missing))
-        sandbox = cls(Path(workdir), boot_delay)
+        sandbox = cls(Path(workdir), boot_delay, missing,
+                      bool(missing) if standins is None else standins)
+        if sandbox.standins:
+            log.info("[sandbox] %s", sandbox.standin_note)
         atexit.register(sandbox.close)
         try:
             sandbox._boot(bastion_port)
@@ -97,6 +112,20 @@ class Sandbox:
         self._make_keys_and_stubs()
 
         self._pick_private_addresses()
+        appserver = (self._start_standin_peers(bastion_port) if self.standins
+                     else self._start_real_peers(bastion_port))
+        appserver.wait_answering()
+        self._write_known_hosts()
+
+        ec2 = aws.ec2_client(self.endpoint_url)  # the watcher's own: it runs in its own thread
+        assert self._bastion is not None  # either _start_*_peers made it
+        self._watcher = BastionWatcher(
+            lambda: aws.instance_state(ec2, self.bastion_instance_id), self._bastion,
+            boot_delay=self.boot_delay)
+        self._watcher.start()
+        log.info("[sandbox] ready in %.1fs (workdir %s)", time.monotonic() - started, self.workdir)
+
+    def _start_real_peers(self, bastion_port: int | None) -> Sshd:
         self._db = MariaDB(self.workdir, self._procs)
         # MariaDB's setup needs nothing from AWS: overlap it with moto's start and seeding
         with ThreadPoolExecutor(1, thread_name_prefix="sandbox-db") as pool:
@@ -110,15 +139,23 @@ class Sandbox:
             database = database_future.result()
         self.db_name, self.db_user = database.name, database.user
         self.db_password = database.password
-        appserver.wait_answering()
-        self._write_known_hosts()
+        return appserver
 
-        ec2 = aws.ec2_client(self.endpoint_url)  # the watcher's own: it runs in its own thread
-        self._watcher = BastionWatcher(
-            lambda: aws.instance_state(ec2, self.bastion_instance_id), self._bastion,
-            boot_delay=self.boot_delay)
-        self._watcher.start()
-        log.info("[sandbox] ready in %.1fs (workdir %s)", time.monotonic() - started, self.workdir)
+    def _start_standin_peers(self, bastion_port: int | None) -> StandinAppServer:
+        self._start_aws(bastion_port)
+        self.db_name = self.db_user = self.db_password = ""
+        database = StandinDatabase("database", self.db_host, self.db_port,
+                                   reason=prereqs.standin_greeting_reason(self._missing))
+        appserver = StandinAppServer("appserver", self.appserver_host, self.appserver_port,
+                                     user=self.user, host_key=self._appserver_key.private,
+                                     client_key_line=self._client_key_line)
+        self._bastion = StandinBastion("bastion", self.eip, self.bastion_port, user=self.user,
+                                       host_key=self._bastion_key.private,
+                                       client_key_line=self._client_key_line)
+        self._standin_servers = [database, appserver, self._bastion]
+        database.start()
+        appserver.start()
+        return appserver
 
     def _pick_private_addresses(self) -> None:
         rng = random.Random()
@@ -147,16 +184,21 @@ class Sandbox:
         self.eip = self.bastion_host = self.vpc.eip
         self.bastion_port = self.vpc.bastion_port
 
-    def _make_keys_and_stubs(self) -> None:
+    def _new_key(self, path: Path, comment: str) -> keys.KeyPair:
+        if self.standins:  # ssh-keygen may be missing along with sshd
+            return standins.generate_ed25519(path, comment)
         keygen = find_tool("ssh-keygen")
         assert keygen is not None  # missing_prerequisites() checked it
+        return keys.generate_ed25519(path, keygen, comment)
+
+    def _make_keys_and_stubs(self) -> None:
         key_dir = self.workdir / "keys"
-        client = keys.generate_ed25519(key_dir / "client_ed25519", keygen, "sandbox-client")
-        self._bastion_key = keys.generate_ed25519(key_dir / "bastion_host_ed25519", keygen,
-                                                  "sandbox-bastion")
-        self._appserver_key = keys.generate_ed25519(key_dir / "appserver_host_ed25519", keygen,
-                                                    "sandbox-appserver")
+        client = self._new_key(key_dir / "client_ed25519", "sandbox-client")
+        self._bastion_key = self._new_key(key_dir / "bastion_host_ed25519", "sandbox-bastion")
+        self._appserver_key = self._new_key(key_dir / "appserver_host_ed25519",
+                                            "sandbox-appserver")
         self.client_key = client.private
+        self._client_key_line = client.public_line
         self._authorized_keys = key_dir / "authorized_keys"
         self._authorized_keys.write_text(client.public_line + " sandbox-client\n")
         self.user = getpass.getuser()
@@ -218,6 +260,8 @@ class Sandbox:
 
         Connections stay open but nothing answers; `thaw_bastion(pids)` resumes them.
         """
+        if isinstance(self._bastion, StandinBastion):
+            raise SandboxError("freeze_bastion is not supported with the stand-in bastion")
         pid = self._bastion.pid if self._bastion is not None else None
         if pid is None:
             raise SandboxError("freeze_bastion needs the bastion sshd running")
@@ -228,6 +272,8 @@ class Sandbox:
         return frozen
 
     def thaw_bastion(self, frozen: list[int]) -> None:
+        if isinstance(self._bastion, StandinBastion):
+            raise SandboxError("thaw_bastion is not supported with the stand-in bastion")
         for each in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(each, signal.SIGCONT)
@@ -272,7 +318,8 @@ class Sandbox:
     # --- closing ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the watcher, then every process (sshd with all sessions, MariaDB, moto)."""
+        """Stop the watcher, then every process (sshd with all sessions, MariaDB, moto), then
+        every stand-in (threads only: a failure there cannot leave a process behind)."""
         if self._closed:
             return
         self._closed = True
@@ -282,6 +329,8 @@ class Sandbox:
         self._procs.close()
         if self._db is not None:
             self._db.close()
+        for server in reversed(self._standin_servers):
+            server.close()
         log.info("[sandbox] closed (workdir %s)", self.workdir)
 
     def __enter__(self) -> Sandbox:

@@ -2,7 +2,8 @@
 
 moto flips an instance to `running` at once; a real bastion answers SSH only after it booted.
 So sshd starts `boot_delay` seconds after the instance was first seen running, and is killed (with
-every session) as soon as the instance is seen in any other state.
+every session) as soon as the instance is seen in any other state. The same goes for the
+stand-in bastion (standins.py) where OpenSSH is missing: anything `Switchable` will do.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--idle-timeout", default="60s", help="the demo profile's idle timeout (60s)")
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="stop by itself after this long (for scripts)")
+    p.add_argument("--standins", action="store_true",
+                   help="use the built-in stand-ins even where sshd and MariaDB are installed")
     p.set_defaults(run=run)
 
 
@@ -21,4 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from bastion_tray.sandbox.demo import main
 
     return main(boot_delay=args.boot_delay, idle_timeout=args.idle_timeout,
-                headless=args.headless, duration=args.duration)
+                headless=args.headless, duration=args.duration,
+                standins=True if args.standins else None)
