@@ -11,9 +11,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bastion_tray.core.errors import ConfigError
 from bastion_tray.core.schema import Problems, TableReader
+
+T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 DEFAULT_WARN_BEFORE = 2 * 60.0
@@ -77,6 +80,23 @@ class Profile:
     hosts: Mapping[str, HostConfig] = field(default_factory=dict)
     forwards: Mapping[str, ForwardConfig] = field(default_factory=dict)
     warn_before: float = DEFAULT_WARN_BEFORE
+
+    def forward(self, name: str) -> ForwardConfig:
+        return _lookup(self.forwards, name, "forward", self.name)
+
+    def host(self, name: str) -> HostConfig:
+        return _lookup(self.hosts, name, "host", self.name)
+
+
+def _lookup(table: Mapping[str, T], name: str, what: str, profile: str) -> T:
+    """table[name], else a UsageError (exit 2) that lists the known names."""
+    from bastion_tray.core.errors import UsageError
+
+    if name in table:
+        return table[name]
+    known = ", ".join(sorted(table)) or "none"
+    raise UsageError(f"unknown {what} {name!r} in profile {profile} (known {what}s: {known})",
+                     hint=f"{what}s are [profiles.{profile}.{what}s.NAME] tables in the config")
 
 
 @dataclass(frozen=True)

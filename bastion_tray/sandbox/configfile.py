@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bastion_tray.core.configwriter import toml_string
+
 Value = str | int | bool | list[str]
 PROFILE = "foo"
 
@@ -31,22 +33,6 @@ class ConfigTargets:
     db_host: str
     db_port: int
     db_local_port: int  # the forward's local port: free when chosen, never a fixed 13306
-
-
-def toml_string(text: str) -> str:
-    out = []
-    for char in text:
-        if char in {'"', "\\"}:
-            out.append("\\" + char)
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\t":
-            out.append("\\t")
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04X}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
 
 
 def toml_value(value: Value) -> str:

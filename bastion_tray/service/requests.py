@@ -74,12 +74,7 @@ class Handlers:
         return box.get("result")
 
     def _forward_name(self, rt: ProfileRuntime, name: object) -> str:
-        if not isinstance(name, str) or name not in rt.profile.forwards:
-            known = ", ".join(sorted(rt.profile.forwards)) or "none"
-            raise UsageError(f"unknown forward {name!r} in profile {rt.name} (known forwards: "
-                             f"{known})", hint=f"forwards are [profiles.{rt.name}.forwards.NAME] "
-                                               f"tables in {self.daemon.config.path}")
-        return name
+        return rt.profile.forward(str(name)).name
 
     # ---- ops -------------------------------------------------------------------------------
 

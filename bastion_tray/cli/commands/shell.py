@@ -12,7 +12,6 @@ import subprocess
 
 from bastion_tray.cli import session
 from bastion_tray.core.config import Config, HostConfig
-from bastion_tray.core.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,11 +41,7 @@ def ssh_argv(ssh: str, config: Config, profile: str, host: HostConfig,
 def run(args: argparse.Namespace) -> int:
     config = session.load(args)
     profile = session.profile_arg(config, args.profile)
-    if args.host not in profile.hosts:
-        known = ", ".join(sorted(profile.hosts)) or "none"
-        raise UsageError(f"unknown host {args.host!r} in profile {profile.name} "
-                         f"(known hosts: {known})")
-    host = profile.hosts[args.host]
+    host = profile.host(args.host)  # exit 2 listing the known hosts
     progress = session.ProgressPrinter()
     with session.connect(config) as client:  # bring it up first, with progress, before ssh
         session.request(client, "start", profile, on_event=progress)

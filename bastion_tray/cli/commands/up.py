@@ -35,12 +35,7 @@ def run_up(args: argparse.Namespace) -> int:
 def run_connect(args: argparse.Namespace) -> int:
     config = session.load(args)
     profile = session.profile_arg(config, args.profile)
-    if args.forward not in profile.forwards:
-        from bastion_tray.core.errors import UsageError
-
-        known = ", ".join(sorted(profile.forwards)) or "none"
-        raise UsageError(f"unknown forward {args.forward!r} in profile {profile.name} "
-                         f"(known forwards: {known})")
+    profile.forward(args.forward)  # exit 2 listing the known forwards
     progress = session.ProgressPrinter()
     with session.connect(config) as client:
         reply = session.request(client, "connect", profile, forward=args.forward,
