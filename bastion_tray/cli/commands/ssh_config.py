@@ -42,5 +42,7 @@ def blocks(config: Config, profile: Profile) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = session.load(args)
-    print(blocks(config, session.profile_arg(config, args.profile)), end="")
+    text = blocks(config, session.profile_arg(config, args.profile))
+    session.connect(config).close()  # the contract: every client command starts the daemon
+    print(text, end="")
     return 0
