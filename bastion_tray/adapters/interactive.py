@@ -86,9 +86,16 @@ def run_session(transport: paramiko.Transport, command: list[str]) -> int:
         channel.exec_command(" ".join(command) if command else "exec $SHELL -l")
     saved = None
     if interactive:
+        import signal
         import termios
         import tty
 
+        def follow_resize(signum: int, frame: object) -> None:
+            size = shutil.get_terminal_size()
+            with contextlib.suppress(Exception):
+                channel.resize_pty(width=size.columns, height=size.lines)
+
+        signal.signal(signal.SIGWINCH, follow_resize)  # the remote shell follows the window
         saved = termios.tcgetattr(sys.stdin.fileno())
         tty.setraw(sys.stdin.fileno())
     try:
