@@ -379,3 +379,14 @@ def test_subscribe_streams_the_whole_lifecycle(make_app: type[App]) -> None:
     assert isinstance(ready["seconds"], float) and ready["status"]  # type: ignore[index]
     warn = events[kinds.index("warn")]
     assert 0 < warn["stops_in"] <= 3  # type: ignore[operator]
+
+
+def test_status_says_when_the_config_changed_under_the_daemon(make_app: type[App]) -> None:
+    app = make_app()
+    assert app.cli("status", "--json", check=True).stdout.count('"config_changed": false') == 1
+    app.config.write_text(app.config.read_text() + "\n# edited\n")
+    proc = app.cli("status", check=True)
+    assert "changed since the daemon read it" in proc.stdout
+    app.cli("shutdown", check=True)
+    wait_until(lambda: '"config_changed": false' in app.cli("status", "--json").stdout, 20,
+               "a fresh daemon with the new config")

@@ -47,6 +47,19 @@ class Daemon:
         self.server = ControlServer(paths, self.handlers.handle)
         self._stop = threading.Event()
         self._closed = False
+        self._config_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[float, int] | None:
+        try:
+            st = self.config.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime, st.st_size
+
+    @property
+    def config_changed(self) -> bool:
+        """The file on disk differs from what this daemon loaded (it reads it only at start)."""
+        return self._stamp() != self._config_stamp
 
     def runtime(self, name: object) -> ProfileRuntime:
         if not isinstance(name, str) or name not in self.runtimes:
@@ -62,7 +75,8 @@ class Daemon:
             rt.discovered.wait(max(0.0, deadline - time.monotonic()))
         return {"profiles": {name: rt.snapshot() for name, rt in self.runtimes.items()},
                 "daemon": {"pid": os.getpid(), "version": __version__,
-                           "config": str(self.config.path)}}
+                           "config": str(self.config.path),
+                           "config_changed": self.config_changed}}
 
     def start(self) -> None:
         self.server.start()

@@ -51,4 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, profile in status["profiles"].items():
         print("\n".join(describe(name, profile)))
+    if status.get("daemon", {}).get("config_changed"):
+        print(f"note: {status['daemon']['config']} changed since the daemon read it; "
+              "`bastion-tray shutdown` makes the next command start one with the new config")
     return 0
