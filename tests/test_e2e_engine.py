@@ -390,3 +390,18 @@ def test_status_says_when_the_config_changed_under_the_daemon(make_app: type[App
     app.cli("shutdown", check=True)
     wait_until(lambda: '"config_changed": false' in app.cli("status", "--json").stdout, 20,
                "a fresh daemon with the new config")
+
+
+def test_trust_records_only_the_confirmed_key(make_app: type[App]) -> None:
+    app = make_app(trusted=False)
+    wrong = "SHA256:" + "A" * 43
+    proc = app.cli("trust", "foo", "--fingerprint", wrong)
+    assert proc.returncode == 1 and "nothing was recorded" in proc.stderr
+    assert not app.known_hosts.exists() or app.sandbox.bastion_host_key_line.split()[1] \
+        not in app.known_hosts.read_text()
+    proc = app.cli("trust", "foo")  # no terminal, no --yes: asks nobody, records nothing
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+    right = app.sandbox.bastion_host_key_fingerprint
+    app.cli("trust", "foo", "--fingerprint", right, check=True)
+    assert app.sandbox.bastion_host_key_line.split()[1] in app.known_hosts.read_text()
+    assert oct(app.known_hosts.stat().st_mode & 0o777) == "0o600"
