@@ -102,8 +102,7 @@ class Daemon:
                          info.instance_id)
         except BastionTrayError as exc:
             log.warning("[profile=%s] cannot read the instance state: %s", rt.name, exc)
-            rt.error = exc
-            rt.changed()
+            rt.set_error(exc)
 
     def _ticker(self) -> None:
         refresh_every, last_refresh = 30.0, time.monotonic()

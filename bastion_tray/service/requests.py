@@ -161,9 +161,7 @@ class Handlers:
         path = self.daemon.adapters.record_host_key(host, port, key)
         log.info("[profile=%s] trusted host key %s for %s:%s in %s", rt.name, fingerprint,
                  host, port, path)
-        with rt._lock:
-            rt.error = None
-        rt.changed()
+        rt.set_error(None)
         req.reply_ok({"profile": rt.name, "fingerprint": fingerprint, "path": path})
 
     def op_subscribe(self, req: Request) -> None:

@@ -100,6 +100,12 @@ class ProfileRuntime:
     def _publish(self, type_: str, **fields: Any) -> None:
         self.bus.publish({"type": type_, "profile": self.name, **fields})
 
+    def set_error(self, error: BastionTrayError | None) -> None:
+        """Show `error` in the status (None: the user fixed it, e.g. trusted the host key)."""
+        with self._lock:
+            self.error = error
+        self.changed()
+
     def changed(self) -> None:
         """Something visible changed (a connection opened or closed): tell subscribers."""
         self._publish("changed")
