@@ -326,15 +326,20 @@ class ProfileRuntime:
             log.info("%s %s", self.ctx, decision.reason)
             self._publish("warn", stops_in=round(decision.stops_in or 0), reason=decision.reason)
         elif decision.verdict is Verdict.STOP:
-            self.stop(decision.reason)
+            self.stop(decision.reason, only_if_idle=True)
 
     def _attempt_in_flight(self) -> bool:
         return self._attempt is not None and not self._attempt.done.is_set()
 
-    def stop(self, reason: str, *, close_listeners: bool = False) -> InstanceInfo | None:
-        """Close connections and the link, then stop the instance (never a foreign one)."""
+    def stop(self, reason: str, *, close_listeners: bool = False,
+             only_if_idle: bool = False) -> InstanceInfo | None:
+        """Close connections and the link, then stop the instance (never a foreign one).
+
+        `only_if_idle`: the idle stop re-checks under the lock, so a connection that arrived
+        since the decision keeps the bastion instead of being cut.
+        """
         with self._lock:
-            if self._stopping:
+            if self._stopping or (only_if_idle and self.activity() > 0):
                 return self.info
             self._stopping = True
             link, self.link = self.link, None
