@@ -318,7 +318,7 @@ def _relay(channel: Any, target: socket.socket, service: _Service) -> None:
                     if data := ready.fileobj.recv(READ_SIZE):  # type: ignore[union-attr]
                         send(data)
                     else:
-                        selector.unregister(ready.fileobj)
+                        selector.unregister(ready.fd)  # a closed channel may not map back
                         send_eof()
     except (OSError, EOFError, paramiko.SSHException) as exc:
         log.debug("[sandbox standin] forward ended: %s", exc)
