@@ -4,6 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
+  python3-venv python3-dev gcc             # the venv, and building PyGObject/pycairo from PyPI
   openssh-server openssh-client            # the sandbox bastion and app server; system ssh for `shell`
   mariadb-server mariadb-client            # the sandbox "RDS", queried with a real client
   xvfb trayer xdotool imagemagick x11-utils dbus-x11 dunst libnotify-bin   # real tray test
