@@ -44,3 +44,12 @@ def fresh_sandbox(sandbox: Sandbox) -> Sandbox:
     """The session sandbox with its bastion instance stopped and sshd down."""
     sandbox.reset()
     return sandbox
+
+
+@pytest.fixture
+def bastion(sandbox: Sandbox) -> Sandbox:
+    """The sandbox with its bastion instance running and sshd answering."""
+    if sandbox.instance_state() != "running" or not sandbox.bastion_ssh_up():
+        sandbox.ec2().start_instances(InstanceIds=[sandbox.bastion_instance_id])
+        sandbox.wait_bastion_ssh(True, sandbox.boot_delay + 10)
+    return sandbox

@@ -299,14 +299,20 @@ def test_stop_closes_forwards_and_stops_now(make_app: type[App]) -> None:
         cur.execute("SELECT 1")
 
 
+def without_ssh(app: App, tmp_path: Path, *, trust_appserver: bool) -> dict[str, str]:
+    """app.env with a PATH that has no ssh binary (and the app server's key known or not)."""
+    if trust_appserver:
+        app.known_hosts.write_text(app.known_hosts.read_text()
+                                   + app.sandbox.appserver_known_hosts_line + "\n")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return {**app.env, "PATH": str(empty)}
+
+
 def test_shell_without_an_ssh_binary_uses_the_built_in_client(make_app: type[App],
                                                                tmp_path: Path) -> None:
     app = make_app()
-    app.known_hosts.write_text(app.known_hosts.read_text()
-                               + app.sandbox.appserver_known_hosts_line + "\n")
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    env = {**app.env, "PATH": str(empty)}
+    env = without_ssh(app, tmp_path, trust_appserver=True)
     proc = subprocess.run([sys.executable, "-m", "bastion_tray", "shell", "foo", "appserver",
                            "--", "echo", "built-in:$((6*7))"], env=env, capture_output=True,
                           text=True, timeout=60)
@@ -318,10 +324,8 @@ def test_shell_without_an_ssh_binary_uses_the_built_in_client(make_app: type[App
 def test_built_in_client_refuses_an_unknown_app_server_key(make_app: type[App],
                                                            tmp_path: Path) -> None:
     app = make_app()
-    empty = tmp_path / "bin"
-    empty.mkdir()
     proc = subprocess.run([sys.executable, "-m", "bastion_tray", "shell", "foo", "appserver",
-                           "--", "true"], env={**app.env, "PATH": str(empty)},
+                           "--", "true"], env=without_ssh(app, tmp_path, trust_appserver=False),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "unknown host key" in proc.stderr
@@ -332,13 +336,9 @@ def test_built_in_client_gives_an_interactive_shell_on_a_terminal(make_app: type
     from tests.support.terminal import run_on_a_terminal
 
     app = make_app()
-    app.known_hosts.write_text(app.known_hosts.read_text()
-                               + app.sandbox.appserver_known_hosts_line + "\n")
-    empty = tmp_path / "bin"
-    empty.mkdir()
     code, output = run_on_a_terminal(
         [sys.executable, "-m", "bastion_tray", "shell", "foo", "appserver"],
-        {**app.env, "PATH": str(empty)},
+        without_ssh(app, tmp_path, trust_appserver=True),
         [(b"#", "echo tty=$(tty | cut -c1-8) answer=$((6*7)); exit 5")])
     assert code == 5, output
     assert "answer=42" in output and "tty=/dev/pts" in output

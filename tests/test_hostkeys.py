@@ -39,15 +39,6 @@ def ssh_keygen_fingerprint(public_line: str, tmp_path: Path) -> str:
     return out.split()[1]
 
 
-@pytest.fixture
-def bastion(sandbox: Sandbox) -> Sandbox:
-    """The sandbox with its bastion instance running and sshd answering."""
-    if sandbox.instance_state() != "running" or not sandbox.bastion_ssh_up():
-        sandbox.ec2().start_instances(InstanceIds=[sandbox.bastion_instance_id])
-        sandbox.wait_bastion_ssh(True, sandbox.boot_delay + 10)
-    return sandbox
-
-
 def bastion_config(sb: Sandbox, **changes: object) -> BastionConfig:
     fields: dict[str, object] = {"instance_id": sb.bastion_instance_id, "name": None,
                                  "user": sb.user, "identity_file": sb.client_key,

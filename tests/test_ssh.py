@@ -52,15 +52,6 @@ def listener(host: str = "127.0.0.1") -> socket.socket:
 
 # --- fixtures -----------------------------------------------------------------------------
 
-@pytest.fixture
-def bastion(sandbox: Sandbox) -> Sandbox:
-    """The sandbox with its bastion instance running and sshd answering."""
-    if sandbox.instance_state() != "running" or not sandbox.bastion_ssh_up():
-        sandbox.ec2().start_instances(InstanceIds=[sandbox.bastion_instance_id])
-        sandbox.wait_bastion_ssh(True, sandbox.boot_delay + 10)
-    return sandbox
-
-
 def bastion_config(sb: Sandbox | OwnSshd, **changes: object) -> BastionConfig:
     key = sb.client_key
     port = sb.bastion_port if isinstance(sb, Sandbox) else sb.port

@@ -21,7 +21,6 @@ import paramiko
 from bastion_tray.adapters import ssh
 from bastion_tray.adapters.hostkeys import HostKeyStore, negotiate
 from bastion_tray.core.config import HostConfig
-from bastion_tray.core.errors import PassphraseNeeded
 
 log = logging.getLogger("bastion_tray.shell")
 
@@ -110,5 +109,3 @@ def run_session(transport: paramiko.Transport, command: list[str]) -> int:
         channel.close()
     return status
 
-
-__all__ = ["PassphraseNeeded", "open_session", "run_session"]

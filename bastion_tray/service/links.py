@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bastion_tray.core.config import BastionConfig, ForwardConfig, Profile, Settings
-from bastion_tray.core.ports import Channel, Cloud, Progress
+from bastion_tray.core.ports import Channel, Cloud
 
 
 class BastionLink(Protocol):
@@ -86,5 +86,3 @@ class Adapters:
     #: stops the shared relay engine and whatever else the adapters hold
     close: Callable[[], None] = lambda: None
 
-
-Report = Progress

@@ -73,9 +73,6 @@ class Handlers:
             raise box["error"]
         return box.get("result")
 
-    def _forward_name(self, rt: ProfileRuntime, name: object) -> str:
-        return rt.profile.forward(str(name)).name
-
     # ---- ops -------------------------------------------------------------------------------
 
     def op_status(self, req: Request) -> None:
@@ -95,7 +92,7 @@ class Handlers:
 
     def op_connect(self, req: Request) -> None:
         rt = self.daemon.runtime(req.args.get("profile"))
-        name = self._forward_name(rt, req.args.get("forward"))
+        name = rt.profile.forward(str(req.args.get("forward"))).name
         listener = rt.open_forward(name)
         if not req.args.get("lazy"):
             self._with_progress(req, rt, rt.ensure_ready)

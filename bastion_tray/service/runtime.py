@@ -89,9 +89,6 @@ class ProfileRuntime:
 
     def host(self) -> str | None:
         """The address to reach the bastion at: `host`, or its current IP with host = "auto"."""
-        return self._host()
-
-    def _host(self) -> str | None:
         b = self.profile.bastion
         if b.host != "auto":
             return b.host
@@ -204,7 +201,7 @@ class ProfileRuntime:
         if started:
             self.state.mark_started(info.instance_id)
         self.refresh()
-        host, port = self._host() or "", self.profile.bastion.port
+        host, port = self.host() or "", self.profile.bastion.port
         self._report("waiting for SSH", f"{host}:{port}")
         left = max(1.0, self.settings.ready_timeout - (time.monotonic() - began))
         self.adapters.wait_ssh(host, port, timeout=left, progress=self._report)
