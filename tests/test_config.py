@@ -9,7 +9,14 @@ import pytest
 
 from bastion_tray.cli.main import main
 from bastion_tray.core.config import load_config
-from bastion_tray.core.durations import format_duration, parse_duration
+from bastion_tray.core.durations import (
+    KEEP_LIMIT,
+    MAX_CONFIG_DURATION,
+    MAX_CONFIG_WAIT,
+    format_duration,
+    parse_bounded_duration,
+    parse_duration,
+)
 from bastion_tray.core.errors import ConfigError
 from bastion_tray.core.paths import app_paths, config_path
 
@@ -110,6 +117,74 @@ def test_bad_durations(value: object) -> None:
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (4, 59, 61, 1080, 3600, 5400)] == \
         ["4 s", "59 s", "1 min", "18 min", "1 h", "1 h 30 min"]
+    assert [format_duration(s) for s in (86400, 90000, KEEP_LIMIT)] == ["1 d", "1 d 1 h", "7 d"]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (float("inf"), "over 100 years"), (1e309, "over 100 years"), (3.6e23, "over 100 years"),
+    (10**400, "over 100 years"), (float("nan"), "unknown"), (float("-inf"), "0 s"), (-5, "0 s"),
+], ids=["inf", "1e309", "3.6e23", "10**400", "nan", "-inf", "-5"])
+def test_format_duration_never_raises_on_absurd_input(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_the_documented_limits() -> None:
+    assert KEEP_LIMIT == MAX_CONFIG_DURATION == 7 * 86400
+    assert MAX_CONFIG_WAIT == 3600
+
+
+# (value, what the message must contain besides "keep:" and the limit "7 d")
+OUT_OF_RANGE = [
+    ("99999999999999999999h", "'99999999999999999999h'"),  # issue 8: was 3.6e23 s, accepted
+    ("8d", "'8d'"),
+    (7 * 86400 + 1, "604801"),
+    (10**400, "1000000000"),  # a JSON integer: compared, never turned into a float (overflow)
+    (1e309, "inf"),  # what JSON's 1e309 becomes
+    (float("inf"), "inf"),
+    (float("nan"), "nan"),
+    ("inf", "'inf'"),
+    ("NaN", "'NaN'"),
+    ("-5m", "'-5m'"),
+    (-5, "-5"),
+    (-0.5, "-0.5"),
+    ("1e3", "'1e3'"),  # no exponents: "1e309" must not sneak in as text either
+    ("²", "'²'"),  # a Unicode digit: str.isdigit() says yes, float() says no
+    (True, "boolean"),
+    (None, "None"),
+    ([60], "[60]"),
+]
+
+
+@pytest.mark.parametrize(("value", "shown"), OUT_OF_RANGE, ids=[repr(v)[:24] for v, _ in
+                                                                OUT_OF_RANGE])
+def test_parse_bounded_duration_names_what_the_limit_and_the_value(value: object,
+                                                                   shown: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_bounded_duration(value, maximum=KEEP_LIMIT, what="keep")
+    message = str(info.value)
+    assert message.startswith("keep: ") and "7 d" in message and shown in message
+    assert len(message) < 200
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("7d", 7 * 86400), (7 * 86400, 7 * 86400), ("0s", 0), (0, 0), ("1h", 3600), (0.5, 0.5),
+])
+def test_parse_bounded_duration_accepts_up_to_the_limit(value: object, seconds: float) -> None:
+    assert parse_bounded_duration(value, maximum=KEEP_LIMIT, what="keep") == seconds
+
+
+def test_a_huge_value_is_not_echoed_back_in_full() -> None:
+    for value in ("9" * 10_000_000 + "h", ["x" * 10_000_000]):
+        with pytest.raises(ValueError) as info:
+            parse_bounded_duration(value, maximum=KEEP_LIMIT, what="keep")
+        assert len(str(info.value)) < 250
+
+
+def test_parse_duration_has_a_ceiling_even_without_a_limit() -> None:
+    with pytest.raises(ValueError, match="at most 366 d"):
+        parse_duration("99999999999999999999h")
+    with pytest.raises(ValueError, match="finite"):
+        parse_duration(float("nan"))
 
 
 # (what is wrong, edit of the good file, text every message must contain)
@@ -156,6 +231,54 @@ BAD = [
     ("bad duration",
      ('idle_timeout = "4s"', 'idle_timeout = "soon"'),
      ["[profiles.foo.bastion] idle_timeout", "\"30m\""]),
+    ("settings idle_timeout NaN (TOML nan)",
+     ('idle_timeout = "45m"', "idle_timeout = nan"),
+     ["[settings] idle_timeout", "finite", "at most 7 d", "nan"]),
+    ("settings idle_timeout infinite (TOML inf)",
+     ('idle_timeout = "45m"', "idle_timeout = inf"),
+     ["[settings] idle_timeout", "finite", "at most 7 d", "inf"]),
+    ("settings idle_timeout 1e309 (overflows to inf)",
+     ('idle_timeout = "45m"', "idle_timeout = 1e309"),
+     ["[settings] idle_timeout", "finite", "at most 7 d"]),
+    ("settings idle_timeout negative",
+     ('idle_timeout = "45m"', "idle_timeout = -5"),
+     ["[settings] idle_timeout", "≥ 0", "at most 7 d", "-5"]),
+    ("settings idle_timeout absurdly long",
+     ('idle_timeout = "45m"', 'idle_timeout = "99999999999999999999h"'),
+     ["[settings] idle_timeout", "at most 7 d", "'99999999999999999999h'"]),
+    ("settings idle_timeout a 64-bit integer",
+     ('idle_timeout = "45m"', "idle_timeout = 9223372036854775807"),
+     ["[settings] idle_timeout", "at most 7 d", "9223372036854775807"]),
+    ("settings idle_timeout a 100 000-character text, echoed cut",
+     ('idle_timeout = "45m"', 'idle_timeout = "' + "9" * 100_000 + '"'),
+     ["[settings] idle_timeout", "at most 7 d", "100000 characters"]),
+    ("settings warn_before negative text",
+     ("warn_before = 90", 'warn_before = "-5m"'),
+     ["[settings] warn_before", "at most 7 d", "'-5m'"]),
+    ("settings warn_before past 7 days",
+     ("warn_before = 90", 'warn_before = "8d"'),
+     ["[settings] warn_before", "at most 7 d", "'8d'"]),
+    ("settings ready_timeout past an hour",
+     ("warn_before = 90", 'warn_before = 90\nready_timeout = "2h"'),
+     ["[settings] ready_timeout", "at most 1 h", "'2h'"]),
+    ("settings lazy_wait NaN",
+     ("warn_before = 90", "warn_before = 90\nlazy_wait = nan"),
+     ["[settings] lazy_wait", "finite", "at most 1 h"]),
+    ("settings keepalive_interval zero",
+     ("warn_before = 90", "warn_before = 90\nkeepalive_interval = 0"),
+     ["[settings] keepalive_interval", "at least 1 s", "at most 1 h"]),
+    ("settings keepalive_interval infinite",
+     ("warn_before = 90", "warn_before = 90\nkeepalive_interval = inf"),
+     ["[settings] keepalive_interval", "finite", "at most 1 h"]),
+    ("bastion idle_timeout past 7 days",
+     ('idle_timeout = "4s"', 'idle_timeout = "169h"'),
+     ["[profiles.foo.bastion] idle_timeout", "at most 7 d", "'169h'"]),
+    ("bastion idle_timeout negative infinity",
+     ('idle_timeout = "4s"', "idle_timeout = -inf"),
+     ["[profiles.foo.bastion] idle_timeout", "finite", "at most 7 d"]),
+    ("profile warn_before NaN",
+     ('aws_profile = "foo"', 'aws_profile = "foo"\nwarn_before = nan'),
+     ["[profiles.foo] warn_before", "finite", "at most 7 d"]),
     ("missing key file",
      ("foo.pem", "nope.pem"),
      ["[profiles.foo.bastion] identity_file", "does not exist"]),
@@ -184,6 +307,17 @@ def test_bad_configs_are_rejected_with_file_key_and_expectation(
     assert str(path) in message
     for part in expect:
         assert part in message
+    assert len(message) < 2000  # nothing the file holds is echoed back in full
+
+
+def test_durations_at_their_limits_load(tmp_path: Path, key: Path) -> None:
+    text = good(key).replace('idle_timeout = "45m"', 'idle_timeout = "7d"') \
+        .replace("warn_before = 90", 'warn_before = 90\nready_timeout = "1h"\nlazy_wait = 3600'
+                                     '\nkeepalive_interval = "60m"') \
+        .replace('idle_timeout = "4s"', "idle_timeout = 604800")
+    settings = load_config(write(tmp_path, text)).settings
+    assert settings.idle_timeout == 7 * 86400
+    assert settings.ready_timeout == settings.lazy_wait == settings.keepalive_interval == 3600
 
 
 def test_two_forwards_on_one_local_port_across_profiles(tmp_path: Path, key: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bastion_tray.core.durations import MAX_CONFIG_DURATION, MAX_CONFIG_WAIT
 from bastion_tray.core.errors import ConfigError
 from bastion_tray.core.schema import Problems, TableReader
 
@@ -20,6 +21,12 @@ T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 DEFAULT_WARN_BEFORE = 2 * 60.0
+
+
+# Every duration key is finite, ≥ 0 and bounded (durations.py): idle_timeout and warn_before at
+# most MAX_CONFIG_DURATION (7 d); the waits of one connection (ready_timeout, lazy_wait,
+# keepalive_interval) at least 1 s and at most MAX_CONFIG_WAIT (1 h). An unbounded value would
+# overflow every later sum with the clock.
 
 
 @dataclass(frozen=True)
@@ -156,12 +163,13 @@ def parse_config(data: Mapping[str, object], path: Path) -> Config:
 def _settings(t: TableReader) -> Settings:
     terminal = t.str_list("terminal")
     settings = Settings(
-        idle_timeout=t.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT),
-        warn_before=t.duration("warn_before", DEFAULT_WARN_BEFORE),
+        idle_timeout=t.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT, maximum=MAX_CONFIG_DURATION),
+        warn_before=t.duration("warn_before", DEFAULT_WARN_BEFORE, maximum=MAX_CONFIG_DURATION),
         terminal=tuple(terminal) if terminal is not None else None,
-        ready_timeout=t.duration("ready_timeout", 300.0, minimum=1),
-        lazy_wait=t.duration("lazy_wait", 180.0, minimum=1),
-        keepalive_interval=t.duration("keepalive_interval", 15.0, minimum=1),
+        ready_timeout=t.duration("ready_timeout", 300.0, minimum=1, maximum=MAX_CONFIG_WAIT),
+        lazy_wait=t.duration("lazy_wait", 180.0, minimum=1, maximum=MAX_CONFIG_WAIT),
+        keepalive_interval=t.duration("keepalive_interval", 15.0, minimum=1,
+                                      maximum=MAX_CONFIG_WAIT),
     )
     t.reject_unknown()
     return settings
@@ -171,7 +179,7 @@ def _profile(name: str, t: TableReader, settings: Settings) -> Profile | None:
     t.check_name(name)
     region = t.text("region", required=True)
     aws_profile = t.text("aws_profile")
-    warn_before = t.duration("warn_before", settings.warn_before)
+    warn_before = t.duration("warn_before", settings.warn_before, maximum=MAX_CONFIG_DURATION)
     bastion = _bastion(t.table("bastion", required=True), settings)
     default_user = bastion.user if bastion else None
     default_key = bastion.identity_file if bastion else None
@@ -201,7 +209,8 @@ def _bastion(t: TableReader, settings: Settings) -> BastionConfig:
         host=t.text("host", default="auto") or "auto",
         port=t.port("port", 22),
         host_key=t.fingerprint("host_key"),
-        idle_timeout=t.duration("idle_timeout", settings.idle_timeout, minimum=1),
+        idle_timeout=t.duration("idle_timeout", settings.idle_timeout, minimum=1,
+                                maximum=MAX_CONFIG_DURATION),
         auto_stop=t.flag("auto_stop", True),
     )
     t.reject_unknown()

@@ -1,45 +1,136 @@
-"""Durations as users write them: "90s", "30m", "2h", "1h30m", "500ms", or an integer of seconds."""
+"""Durations as users write them: "90s", "30m", "2h", "1h30m", "500ms", or an integer of seconds.
+
+Every duration that enters the app (the config, the CLI, the control socket) is checked here:
+finite, not negative, and no longer than a limit the caller names. A duration that slipped
+through unbounded (1e309, NaN, "99999999999999999999h") used to overflow every later sum with
+the clock and stop the idle stop for good.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_EXPECTED = 'expected a duration like "90s", "30m", "2h" or an integer of seconds'
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DAY = 86400.0
+#: `keep PROFILE DURATION`: at most a week without an idle stop.
+KEEP_LIMIT = 7 * DAY
+#: the longest idle_timeout / warn_before a config file may set.
+MAX_CONFIG_DURATION = 7 * DAY
+#: the longest wait a config file may set for one connection (ready_timeout, lazy_wait,
+#: keepalive_interval): past an hour, a wait is a hang.
+MAX_CONFIG_WAIT = 3600.0
+#: what parse_duration accepts when its caller names no limit: nothing the app times is longer.
+DURATION_CEILING = 366 * DAY
+#: a duration written out is a few characters; a longer text is refused before it is parsed.
+MAX_DURATION_TEXT = 64
+#: how much of a refused value an error message echoes.
+ECHO_CHARS = 60
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+_FORMS = '"90s", "30m", "2h" or an integer of seconds'
+# ASCII digits only: "²".isdigit() is True and float("٣") parses
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
+_DIGITS = re.compile(r"\d+", re.ASCII)
+_FOREVER = 100 * 365 * DAY  # format_duration's "over 100 years": no clock runs that long
 
 
-def parse_duration(value: object) -> float:
-    """Seconds as a float; ValueError with the expected forms when `value` is not a duration."""
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)` cut to about `limit` characters, so a 10 MB string is never printed back."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        # repr of the head only: repr of a huge string would copy all of it first
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return repr(value[:limit])[: limit - 1] + f"… ({len(value)} {unit})"
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits() has no repr
+        return "an integer too long to print"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_duration(value: object, *, maximum: float = DURATION_CEILING) -> float:
+    """Seconds as a float, 0 ≤ seconds ≤ `maximum`.
+
+    ValueError, naming the limit and echoing (a bounded part of) the value, when `value` is not
+    a duration: not a number or a duration text, a boolean, negative, NaN or infinite, too long
+    a text, or more than `maximum`.
+    """
+    limit = format_duration(maximum)
+    expected = f"expected a duration like {_FORMS}, at most {limit}"
     if isinstance(value, bool):
-        raise ValueError(f"{_EXPECTED}, got a boolean")
-    if isinstance(value, int | float):
+        raise ValueError(f"{expected}; got a boolean")
+    if isinstance(value, int):  # a JSON integer can have 4000 digits: compare before float()
         if value < 0:
-            raise ValueError(f"expected a duration ≥ 0, got {value}")
+            raise ValueError(f"expected a duration ≥ 0, at most {limit}; got {echo(value)}")
+        if value > maximum:
+            raise ValueError(_too_long(limit, value))
         return float(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite duration, at most {limit}; got {value}")
+        if value < 0:
+            raise ValueError(f"expected a duration ≥ 0, at most {limit}; got {value:g}")
+        if value > maximum:
+            raise ValueError(_too_long(limit, value))
+        return value
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration like \"90s\", \"30m\", \"2h\", got {value!r}")
-    text = value.strip().lower().replace(" ", "")
-    if text.isdigit():
+        raise ValueError(f"{expected}; got {echo(value)}")
+    if len(value) > MAX_DURATION_TEXT:
+        raise ValueError(f"{expected}; got a text of {len(value)} characters: {echo(value)}")
+    seconds = _parse_text(value.strip().lower().replace(" ", ""))
+    if seconds is None:
+        raise ValueError(f"{expected}; got {echo(value)}")
+    if not math.isfinite(seconds) or seconds > maximum:
+        raise ValueError(_too_long(limit, value))
+    return seconds
+
+
+def parse_bounded_duration(value: object, *, maximum: float, what: str) -> float:
+    """parse_duration with a limit, for one named input: ValueError("keep: at most 7 d, got …").
+
+    The message names `what`, the limit (format_duration) and the value, cut to ~60 characters.
+    """
+    try:
+        return parse_duration(value, maximum=maximum)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+def _parse_text(text: str) -> float | None:
+    """The seconds a duration text says, or None when it is not one (may be inf: see caller)."""
+    if not text:
+        return None
+    if _DIGITS.fullmatch(text):
         return float(text)
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:
-            break
+            return None
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"{_EXPECTED}, got {value!r}")
-    return total
+    return total if pos == len(text) else None
+
+
+def _too_long(limit: str, value: object) -> str:
+    return f"at most {limit}, got {echo(value)}"
 
 
 def format_duration(seconds: float) -> str:
-    """Short human form: 45 s, 3 min, 1 h 20 min."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = (seconds + 30) // 60 if seconds >= 600 else seconds // 60
+    """Short human form: 45 s, 3 min, 1 h 20 min, 2 d 3 h. Never raises: NaN is "unknown",
+    anything past a century (inf included) "over 100 years", anything negative "0 s"."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "unknown"
+    if isinstance(seconds, float) and math.isnan(seconds):  # isnan(10**400) would overflow
+        return "unknown"
+    if seconds >= _FOREVER:
+        return "over 100 years"
+    whole = round(seconds) if seconds > 0 else 0  # round(-inf) would raise
+    if whole < 60:
+        return f"{whole} s"
+    minutes = (whole + 30) // 60 if whole >= 600 else whole // 60
     if minutes < 60:
         return f"{minutes} min"
     hours, rest = divmod(minutes, 60)
-    return f"{hours} h {rest} min" if rest else f"{hours} h"
+    if hours < 24:
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    days, hours = divmod(hours + (1 if rest >= 30 else 0), 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from bastion_tray.core.durations import parse_duration
+from bastion_tray.core.durations import MAX_CONFIG_DURATION, format_duration, parse_duration
 from bastion_tray.core.errors import ConfigError
 
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
@@ -104,17 +104,21 @@ class TableReader:
             return default or 0
         return value
 
-    def duration(self, key: str, default: float, *, minimum: float = 0) -> float:
+    def duration(self, key: str, default: float, *, minimum: float = 0,
+                 maximum: float = MAX_CONFIG_DURATION) -> float:
+        """Seconds, minimum ≤ s ≤ maximum; a NaN, an infinity, a negative or too long a value is
+        a problem that names the key and the limit."""
         value = self._get(key, False)
         if value is None:
             return default
         try:
-            seconds = parse_duration(value)
+            seconds = parse_duration(value, maximum=maximum)
         except ValueError as exc:
             self.problem(key, str(exc))
             return default
         if seconds < minimum:
-            self.problem(key, f"expected at least {minimum:g} s, got {value!r}")
+            self.problem(key, f"expected at least {format_duration(minimum)} "
+                         f"(and at most {format_duration(maximum)}), got {value!r}")
             return default
         return seconds
 
