@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -407,3 +410,37 @@ def test_check_config_exits_2_with_the_problems(tmp_path: Path, key: Path,
     assert main(["--config", str(path), "check-config"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "port" in err and "99999" in err
+
+
+# --- `keep`: the CLI refuses a bad duration itself, before any daemon is asked or started ---
+
+KEEP_CONFIG = """
+[profiles.foo]
+region = "ap-northeast-1"
+
+[profiles.foo.bastion]
+instance_id = "i-0123456789abcdef0"
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["99999999999999999999h"],  # issue 8: was accepted, "stops in 359999999999999983222784 s"
+    ["8d"], ["604801"], ["NaN"], ["inf"], ["1e309"], ["--", "-5m"], ["1h", "--", "2h"],
+], ids=["20-nines-h", "8d", "7d+1s", "NaN", "inf", "1e309", "-5m", "two-durations"])
+def test_keep_refuses_a_bad_duration_with_exit_2_before_contacting_the_daemon(
+        tmp_path: Path, argv: list[str]) -> None:
+    config = write(tmp_path, KEEP_CONFIG)
+    # A home whose socket path is too long for AF_UNIX: were the check missing, no daemon could
+    # start there (the CLI would exit 1, not 2) and none would be left running.
+    home = tmp_path / ("h" * 120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_TRAY_")}
+    env.update(BASTION_TRAY_HOME=str(home), BASTION_TRAY_LOOPBACK_ONLY="1")
+    proc = subprocess.run([sys.executable, "-m", "bastion_tray", "--config", str(config),
+                           "keep", "foo", *argv], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    assert "bastion-tray: error: keep: " in proc.stderr
+    if argv[-1] != "2h":
+        assert "at most 7 d" in proc.stderr
+    assert not (home / "log").exists(), "the daemon was contacted"
+    assert proc.stdout == ""

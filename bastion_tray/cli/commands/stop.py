@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from bastion_tray.cli import session
+from bastion_tray.core.durations import (
+    KEEP_LIMIT,
+    format_duration,
+    parse_bounded_duration,
+    parse_duration,
+)
+from bastion_tray.core.errors import UsageError
+
+DEFAULT_KEEP = "1h"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stop", help="close the profile's forwards and sessions, stop the instance")
     p.add_argument("profile")
     p.set_defaults(run=run_stop)
-    k = sub.add_parser("keep", help="postpone the idle stop (default 1h)")
+    k = sub.add_parser("keep", help=f"postpone the idle stop (default {DEFAULT_KEEP}, at most "
+                                     f"{format_duration(KEEP_LIMIT)})")
     k.add_argument("profile")
-    k.add_argument("duration", nargs="?", default="1h")
+    k.add_argument("duration", nargs="?", default=None,
+                   help=f'"90s", "30m", "2h" or seconds; at most {format_duration(KEEP_LIMIT)}')
     k.set_defaults(run=run_keep)
     s = sub.add_parser("shutdown", help="stop the daemon (it stops the bastions it started)")
     s.set_defaults(run=run_shutdown)
@@ -28,13 +40,34 @@ def run_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def keep_seconds(args: argparse.Namespace) -> float:
+    """The duration `keep` was given, checked here: a bad one is exit 2 before any daemon is
+    asked (or started) — "99999999999999999999h" once stopped the idle stop for good."""
+    given = [args.duration] if args.duration is not None else []
+    given += args.trailing  # `keep foo -- -5m`: main() hands what follows "--" to the command
+    if len(given) > 1:
+        raise UsageError(f"keep: one duration, got {len(given)}: {' '.join(given)[:60]}")
+    text = given[0] if given else DEFAULT_KEEP
+    try:
+        return parse_bounded_duration(text, maximum=KEEP_LIMIT, what="keep")
+    except ValueError as exc:
+        hint = None
+        with contextlib.suppress(ValueError):
+            parse_duration(text)  # a duration, only too long: say what to do instead
+            hint = f"to keep it running for longer, set auto_stop = false in " \
+                   f"[profiles.{args.profile}.bastion]"
+        raise UsageError(str(exc), hint=hint) from None
+
+
 def run_keep(args: argparse.Namespace) -> int:
     config = session.load(args)
     profile = session.profile_arg(config, args.profile)
+    seconds = keep_seconds(args)
     with session.connect(config) as client:
-        snap = client.request("keep", profile=profile.name, duration=args.duration)
+        snap = client.request("keep", profile=profile.name, duration=seconds)
     stops = snap.get("stops_in_seconds")
-    print(f"{profile.name}: kept running" + (f", stops in {stops:.0f} s if idle" if stops else ""))
+    print(f"{profile.name}: kept running"
+          + (f", stops in {format_duration(stops)} if idle" if stops else ""))
     return 0
 
 
