@@ -9,6 +9,7 @@ produce (expired tokens, IncorrectInstanceState, …) is tested with hand-built 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -492,18 +493,82 @@ def scripted_ec2(aws_env: Sandbox, monkeypatch: pytest.MonkeyPatch
         endpoint.close()
 
 
-def test_throttling_is_retried_by_botocore(
+def test_throttling_that_never_ends_fails_after_every_attempt_of_the_default_limits(
         scripted_ec2: Callable[[dict[str, tuple[int, bytes]]], ScriptedEc2]) -> None:
     ec2 = scripted_ec2({"StartInstances": (503, ec2_error_xml(
         "RequestLimitExceeded", "Request limit exceeded."))})
-    cloud = Ec2Cloud(make_profile(instance_id="i-0123456789abcdef0"),
-                     limits=ApiLimits(total_max_attempts=2))
+    cloud = Ec2Cloud(make_profile(instance_id="i-0123456789abcdef0"))
     with pytest.raises(CloudError) as caught:
         cloud.start()
-    assert [action for action, _ in ec2.calls] == ["StartInstances"] * 2  # a try and a retry
+    attempts = ApiLimits().total_max_attempts
+    assert attempts >= 3  # a try and at least two retries
+    assert [action for action, _ in ec2.calls] == ["StartInstances"] * attempts
     assert all("bastion-tray" in agent for _, agent in ec2.calls)
     assert caught.value.message == ("EC2 throttled the request to start instance "
-                                    "i-0123456789abcdef0 after 2 attempts (RequestLimitExceeded)")
+                                    f"i-0123456789abcdef0 after {attempts} attempts "
+                                    "(RequestLimitExceeded)")
+
+
+class ThrottlingProxy:
+    """The sandbox's moto behind a front on 127.0.0.1 that throttles the first `throttled`
+    requests (HTTP 400 RequestLimitExceeded, as EC2 words it) and passes every later one on.
+
+    400, not 503: botocore must retry it because it is throttling, not because it is a 5xx.
+    """
+
+    def __init__(self, upstream: str, throttled: int) -> None:
+        self.calls: list[tuple[str, int]] = []  # (Action, HTTP status answered)
+        self.throttled = throttled
+        upstream_port = int(upstream.rsplit(":", 1)[1])
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                action = parse_qs(body.decode()).get("Action", ["?"])[0]
+                if outer.throttled > 0:
+                    outer.throttled -= 1
+                    status, ctype, reply = 400, "text/xml", ec2_error_xml(
+                        "RequestLimitExceeded", "Request limit exceeded.")
+                else:
+                    moto = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=10)
+                    try:
+                        moto.request("POST", self.path, body, headers=dict(self.headers))
+                        answer = moto.getresponse()
+                        status, ctype = answer.status, answer.getheader("Content-Type", "")
+                        reply = answer.read()
+                    finally:
+                        moto.close()
+                outer.calls.append((action, status))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_throttling_is_retried_with_the_default_limits_and_the_answer_is_used(
+        aws_env: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = ThrottlingProxy(aws_env.env["AWS_ENDPOINT_URL"], throttled=2)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        info = Ec2Cloud(make_profile(instance_id=aws_env.bastion_instance_id)).describe()
+    finally:
+        proxy.close()
+    assert info.instance_id == aws_env.bastion_instance_id and info.address == aws_env.eip
+    assert proxy.calls == [("DescribeInstances", 400), ("DescribeInstances", 400),
+                           ("DescribeInstances", 200), ("DescribeAddresses", 200)]
 
 
 def test_start_while_stopping_says_it_is_stopping(
@@ -523,9 +588,125 @@ def test_start_while_stopping_says_it_is_stopping(
 
 def test_default_limits_retry_in_standard_mode() -> None:
     config = ApiLimits().client_config()
-    assert config.retries == {"total_max_attempts": 5, "mode": "standard"}
-    assert (config.connect_timeout, config.read_timeout) == (5.0, 15.0)
+    assert config.retries == {"total_max_attempts": 3, "mode": "standard"}
+    assert (config.connect_timeout, config.read_timeout) == (3.0, 6.0)
     assert config.user_agent_extra == "bastion-tray"
+
+
+def test_default_limits_bound_a_hanging_call_below_30_s() -> None:
+    limits = ApiLimits()
+    # every attempt times out on connect and read; two short non-throttling backoffs between
+    assert limits.longest_call == pytest.approx(3 * (3.0 + 6.0) + 0.05 + 0.1)
+    assert limits.longest_call < 30
+    # the 5 s / 8 s / 3 attempts that look natural would not be
+    assert ApiLimits(total_max_attempts=3, connect_timeout=5, read_timeout=8).longest_call > 30
+
+
+class SilentEndpoint:
+    """A TCP listener on 127.0.0.1 that accepts every connection and never sends a byte: a
+    proxy, a captive portal or a VPN route to nowhere, as a client sees it."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.accepted.append(conn)  # held open, never read, never answered
+
+    def __enter__(self) -> SilentEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_endpoint_that_accepts_and_never_answers_fails_within_30_s_naming_it(
+        aws_env: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = ApiLimits()
+    with SilentEndpoint() as silent:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", silent.url)
+        cloud = Ec2Cloud(make_profile(instance_id=aws_env.bastion_instance_id))
+        assert cloud.endpoint == silent.url
+        started = time.monotonic()
+        with pytest.raises(CloudError) as caught:
+            cloud.describe()
+        took = time.monotonic() - started
+        connections = len(silent.accepted)
+    assert took < 30
+    # it did wait for an answer, on a new connection per attempt, every attempt
+    assert took >= limits.total_max_attempts * limits.read_timeout - 0.5
+    assert connections == limits.total_max_attempts
+    error = caught.value
+    assert type(error) is CloudError
+    assert error.message.startswith(
+        f"the EC2 API at {silent.url}/ did not answer the request to describe instance "
+        f"{aws_env.bastion_instance_id} (connected, no reply; gave up after "), error.message
+    assert error.hint is not None
+    assert "network/VPN" in error.hint and "AWS_ENDPOINT_URL" in error.hint
+
+
+# --- endpoint: what the calls use, for messages; no network, no credentials --------------------
+
+
+def test_endpoint_is_the_sandbox_endpoint_before_and_after_a_call(aws_env: Sandbox) -> None:
+    cloud = Ec2Cloud(make_profile(instance_id=aws_env.bastion_instance_id))
+    assert cloud.endpoint == aws_env.endpoint_url
+    cloud.describe()
+    assert cloud.endpoint == aws_env.endpoint_url
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "https://ec2.ap-northeast-1.amazonaws.com"),
+    ({"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}, "http://127.0.0.1:1"),
+    ({"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ENDPOINT_URL_EC2": "http://127.0.0.1:2"},
+     "http://127.0.0.1:2"),
+], ids=["region-default", "endpoint-url", "ec2-endpoint-url-wins"])
+def test_endpoint_follows_the_environment_without_credentials_or_a_connection(
+        aws_home: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+        expected: str) -> None:
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.delenv(key, raising=False)  # instance metadata too: a lookup would connect
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    connects: list[object] = []
+    this_thread = threading.current_thread()
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if threading.current_thread() is this_thread:  # the sandbox's watcher thread may poll
+            connects.append(address)
+            raise OSError("no connection may be made to tell the endpoint")
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    cloud = Ec2Cloud(make_profile(instance_id="i-0123456789abcdef0"))
+    assert cloud.endpoint == expected
+    assert connects == []
+
+
+def test_endpoint_without_a_client_is_described_from_the_environment(
+        aws_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2", raising=False)
+    missing = make_profile(instance_id="i-0123456789abcdef0", aws_profile="nope")
+    assert Ec2Cloud(missing).endpoint == "https://ec2.ap-northeast-1.amazonaws.com"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert Ec2Cloud(missing).endpoint == "http://127.0.0.1:1"
 
 
 def test_session_is_created_lazily_once(aws_env: Sandbox) -> None:
@@ -653,17 +834,24 @@ def test_translate_profile_not_found() -> None:
     assert error.hint is not None and "fix aws_profile in [profiles.foo]" in error.hint
 
 
-@pytest.mark.parametrize("make", [
-    lambda url: EndpointConnectionError(endpoint_url=url),
-    lambda url: ConnectTimeoutError(endpoint_url=url, error="timed out"),
-    lambda url: ReadTimeoutError(endpoint_url=url, error="timed out"),
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda url: EndpointConnectionError(endpoint_url=url),
+     "cannot reach the EC2 API at {url} to start instance i-0abc: Could not connect"),
+    (lambda url: ConnectTimeoutError(endpoint_url=url, error="timed out"),
+     "the EC2 API at {url} did not answer the request to start instance i-0abc "
+     "(no connection; gave up after 9 s)"),
+    (lambda url: ReadTimeoutError(endpoint_url=url, error="timed out"),
+     "the EC2 API at {url} did not answer the request to start instance i-0abc "
+     "(connected, no reply; gave up after 9 s)"),
 ], ids=["connection", "connect-timeout", "read-timeout"])
-def test_translate_network_errors_name_the_url(make: Callable[[str], Exception]) -> None:
+def test_translate_network_errors_name_the_url(make: Callable[[str], Exception],
+                                               says: str) -> None:
     url = "https://ec2.ap-northeast-1.amazonaws.com/"
-    error = translate(make(url), "StartInstances", FOO)
+    error = translate(make(url), "StartInstances", FOO, elapsed=9.2)
     assert type(error) is CloudError
-    assert error.message.startswith(f"cannot reach the EC2 API at {url} to start instance i-0abc")
+    assert error.message.startswith(says.format(url=url)), error.message
     assert error.hint is not None and "network/VPN" in error.hint and "ap-northeast-1" in error.hint
+    assert "AWS_ENDPOINT_URL" in error.hint
 
 
 def test_translate_unknown_client_error_keeps_code_and_message() -> None:

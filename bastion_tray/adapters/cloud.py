@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,22 +34,59 @@ USER_AGENT_EXTRA = "bastion-tray"
 #: a Name-tag lookup ignores instances that are gone or going
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 
+#: botocore's standard retry mode (botocore.retries.standard.ExponentialBackoff): the base of
+#: its backoff for an error that is not throttling, and the cap of every backoff, in seconds
+NON_THROTTLING_BACKOFF = 0.05
+MAX_BACKOFF = 20.0
+#: placeholder keys for a client that is only asked its endpoint: explicit keys keep botocore
+#: from resolving credentials, which may call the network (instance metadata, a container
+#: endpoint) or run a credential_process
+_UNUSED_KEY = "unused"
+
 T = TypeVar("T")
 SessionFactory = Callable[[Profile], boto3.session.Session]
 
 
 @dataclass(frozen=True)
 class ApiLimits:
-    """How long and how often one EC2 call may try before it fails."""
+    """How long and how often one EC2 call may try before it fails.
 
-    total_max_attempts: int = 5  # per call, the first try included; throttling is retried too
-    connect_timeout: float = 5.0  # seconds to open a connection to the EC2 endpoint
-    read_timeout: float = 15.0  # seconds to wait for a reply
+    The bound that matters is an endpoint that hangs: one that accepts the TCP connection and
+    never answers (a proxy, a captive portal, a VPN route to nowhere) or one that never
+    completes the connection. Every attempt then ends after connect_timeout + read_timeout at
+    the latest, and standard mode waits at most 50 ms × 2^i before retry i of a non-throttling
+    error, so one call fails within `longest_call` seconds — 27.2 s with these values, under
+    the 30 s after which the daemon gives up on a call (the lifecycle's api_give_up), so
+    the adapter's own error, naming the endpoint, comes first. Connect and read timeouts add up
+    because both can happen in one attempt (a slow connect, then silence); the 5 s / 8 s /
+    3 attempts that look natural would allow 39 s.
+    """
+
+    # per call, the first try included. Also what throttling (RequestLimitExceeded,
+    # Throttling, …) gets: standard mode backs off rand × 1 s, then rand × 2 s — a throttled
+    # reply is quick, so it is retries that help it, not time; more attempts would multiply
+    # the timeouts below past 30 s
+    total_max_attempts: int = 3
+    # TCP connect and TLS handshake: 3 s allows two SYN retransmissions (at 1 s and 3 s) and
+    # a TLS handshake at 600 ms round trips; an unanswered SYN is retried as a new attempt
+    connect_timeout: float = 3.0
+    # the wait for each read of a reply: EC2 answers DescribeInstances in well under a second
+    # even in big accounts, so 6 s of silence means it will not answer; a reply that trickles
+    # in a byte every few seconds is not bounded by this (no EC2 endpoint does that)
+    read_timeout: float = 6.0
+
+    @property
+    def longest_call(self) -> float:
+        """Seconds one call can take at most against an endpoint that never answers."""
+        backoff = sum(min(NON_THROTTLING_BACKOFF * 2.0 ** i, MAX_BACKOFF)
+                      for i in range(self.total_max_attempts - 1))
+        return self.total_max_attempts * (self.connect_timeout + self.read_timeout) + backoff
 
     def client_config(self) -> Config:
         # "standard" mode retries throttling (RequestLimitExceeded, Throttling, …), 5xx and
-        # connection errors with jittered exponential backoff; set here explicitly so a user's
-        # ~/.aws/config (retry_mode = legacy, max_attempts = 1) cannot weaken it.
+        # connection errors and timeouts with jittered exponential backoff; set here
+        # explicitly so a user's ~/.aws/config (retry_mode = legacy, max_attempts = 10)
+        # cannot weaken or stretch it
         return Config(retries={"total_max_attempts": self.total_max_attempts,
                                "mode": "standard"},
                       connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
@@ -94,6 +132,7 @@ class Ec2Cloud:
         self._lock = threading.Lock()
         self._session: boto3.session.Session | None = None
         self._client: Any = None
+        self._endpoint: str | None = None  # resolved once, by the first `endpoint` read
         # the configured id, or the one the Name tag resolved to: a Name is resolved once per
         # adapter, so a second instance tagged the same later cannot take over mid-session
         self._instance_id: str | None = profile.bastion.instance_id
@@ -107,6 +146,22 @@ class Ec2Cloud:
     def instance_id(self) -> str | None:
         """The instance this adapter acts on; None until a Name lookup resolved it."""
         return self._instance_id
+
+    @property
+    def endpoint(self) -> str:
+        """The EC2 endpoint URL the calls go to, for messages about an endpoint that hangs.
+
+        As botocore resolves it (AWS_ENDPOINT_URL_EC2, else AWS_ENDPOINT_URL, else the
+        endpoint_url of the AWS config, else the region's own), without a network call and
+        without credentials; when no client can be built (an unknown AWS profile, a bad
+        region), a description like "https://ec2.ap-northeast-1.amazonaws.com".
+        """
+        with self._lock:
+            if self._client is not None:
+                return str(self._client.meta.endpoint_url)
+            if self._endpoint is None:
+                self._endpoint = self._resolve_endpoint()
+            return self._endpoint
 
     # --- the Cloud protocol ---------------------------------------------------------------
 
@@ -214,14 +269,16 @@ class Ec2Cloud:
 
     def _call(self, action: str, instance_id: str | None, call: Callable[[Any], T]) -> T:
         """Run one EC2 call; every botocore failure leaves as a translated CloudError."""
+        started = time.monotonic()
         try:
             return call(self._ec2())
         except (ClientError, BotoCoreError) as exc:
+            elapsed = time.monotonic() - started
             state = None
             if _code(exc) == "IncorrectInstanceState":  # EC2's message does not say which
                 state = self._state_quietly(instance_id)
             error = translate(exc, action, self._profile, instance_id=instance_id,
-                              uses_sso=self._uses_sso(), state=state)
+                              uses_sso=self._uses_sso(), state=state, elapsed=elapsed)
             if isinstance(error, CredentialsError):
                 # a client keeps the credentials it was built with (none, or expired ones):
                 # drop it, so credentials fixed meanwhile are used by the next call
@@ -231,10 +288,28 @@ class Ec2Cloud:
     def _ec2(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._session = self._session_factory(self._profile)
+                if self._session is None:
+                    self._session = self._session_factory(self._profile)
                 self._client = self._session.client("ec2", config=self._limits.client_config())
                 log.debug("%s EC2 endpoint %s", self._ctx(), self._client.meta.endpoint_url)
             return self._client
+
+    def _resolve_endpoint(self) -> str:
+        """`endpoint` from a client built only for it; the caller holds the lock."""
+        try:
+            if self._session is None:
+                self._session = self._session_factory(self._profile)
+            client = self._session.client("ec2", aws_access_key_id=_UNUSED_KEY,
+                                          aws_secret_access_key=_UNUSED_KEY,
+                                          config=self._limits.client_config())
+        except (BotoCoreError, ValueError) as exc:  # ValueError: a malformed endpoint URL
+            log.debug("%s no EC2 client to ask its endpoint: %s", self._ctx(), exc)
+            return (os.environ.get("AWS_ENDPOINT_URL_EC2") or os.environ.get("AWS_ENDPOINT_URL")
+                    or f"https://ec2.{self._profile.region}.amazonaws.com")
+        try:
+            return str(client.meta.endpoint_url)
+        finally:
+            client.close()
 
     def _uses_sso(self) -> bool:
         return self._session is not None and uses_sso(self._session)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import os
 
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from bastion_tray.core.config import Profile
@@ -80,12 +86,13 @@ def is_denied(exc: BaseException | None) -> bool:
 
 def translate(exc: BaseException, action: str, profile: Profile, *,
               instance_id: str | None = None, uses_sso: bool = False,
-              state: str | None = None) -> CloudError:
+              state: str | None = None, elapsed: float | None = None) -> CloudError:
     """The CloudError (or CredentialsError) to raise for `exc`, raised by EC2 `action`.
 
     `action` is the EC2 operation ("StartInstances"); `instance_id` the instance it was about
     (default: the configured id or Name); `uses_sso` whether the AWS profile logs in through
-    IAM Identity Center; `state` the instance's state when known (for IncorrectInstanceState).
+    IAM Identity Center; `state` the instance's state when known (for IncorrectInstanceState);
+    `elapsed` the seconds the call took, retries included (said when the endpoint hung).
     """
     target = instance_id or profile.bastion.label
     doing = f"{_DOING.get(action, action)} instance {target}"
@@ -101,10 +108,16 @@ def translate(exc: BaseException, action: str, profile: Profile, *,
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         kwargs = getattr(exc, "kwargs", {})
         url = kwargs.get("endpoint_url") or kwargs.get("proxy_url") or "its endpoint"
-        return CloudError(
-            f"cannot reach the EC2 API at {url} to {doing}: {exc}",
-            hint=f"check the network/VPN and the region ({profile.region}); AWS_ENDPOINT_URL "
-                 "and AWS_ENDPOINT_URL_EC2, when set, choose the endpoint instead")
+        hint = (f"check the network/VPN and the region ({profile.region}); AWS_ENDPOINT_URL "
+                "and AWS_ENDPOINT_URL_EC2, when set, choose the endpoint instead")
+        # the endpoint hung rather than refused: a proxy, a captive portal, a dead VPN route
+        if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+            how = ("connected, no reply" if isinstance(exc, ReadTimeoutError)
+                   else "no connection")
+            after = f"; gave up after {elapsed:.0f} s" if elapsed is not None else ""
+            return CloudError(f"the EC2 API at {url} did not answer the request to {doing} "
+                              f"({how}{after})", hint=hint)
+        return CloudError(f"cannot reach the EC2 API at {url} to {doing}: {exc}", hint=hint)
     if isinstance(exc, BotoCoreError):
         return CloudError(f"could not {doing} in {where(profile)}: {exc}")
     return CloudError(f"could not {doing} in {where(profile)}: {type(exc).__name__}: {exc}")
