@@ -9,10 +9,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bastion_tray.core.config import BastionConfig, Config, ForwardConfig, Settings
+from bastion_tray.core.config import BastionConfig, Config, ForwardConfig, Profile, Settings
 from bastion_tray.core.errors import PassphraseNeeded
 from bastion_tray.core.paths import AppPaths
-from bastion_tray.core.ports import Channel
+from bastion_tray.core.ports import Channel, Cloud, Progress
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
 
@@ -28,72 +28,87 @@ def skip_unused_imports() -> None:
 
 def real_adapters(config: Config, paths: AppPaths) -> Adapters:
     skip_unused_imports()
-    import paramiko
+    return RealAdapters(paths)
 
-    from bastion_tray.adapters import hostkeys, readiness
-    from bastion_tray.adapters.cloud import Ec2Cloud
-    from bastion_tray.adapters.forward import Forward
-    from bastion_tray.adapters.relay import Relay
-    from bastion_tray.adapters.ssh import BastionConnection
 
-    relay = Relay(name="relay")
-    secrets: dict[str, str] = {}  # identity file → passphrase, in this process's memory only
+class RealAdapters:
+    """boto3 and paramiko behind the service's `Adapters` protocol."""
 
-    def store(pin: str | None) -> hostkeys.HostKeyStore:
-        return hostkeys.HostKeyStore(paths.known_hosts, pin=pin)
+    def __init__(self, paths: AppPaths) -> None:
+        from bastion_tray.adapters.relay import Relay
 
-    def connect(host: str, port: int, bastion: BastionConfig, profile: str, settings: Settings,
-                on_lost: Callable[[str], None]) -> BastionLink:
+        self._paths = paths
+        self._relay = Relay(name="relay")
+        self._secrets: dict[str, str] = {}  # identity file → passphrase, in memory only
+
+    def _store(self, pin: str | None) -> Any:
+        from bastion_tray.adapters import hostkeys
+
+        return hostkeys.HostKeyStore(self._paths.known_hosts, pin=pin)
+
+    def cloud(self, profile: Profile) -> Cloud:
+        from bastion_tray.adapters.cloud import Ec2Cloud
+
+        return Ec2Cloud(profile)
+
+    def wait_ssh(self, host: str, port: int, *, timeout: float,
+                 progress: Progress | None = None) -> float:
+        from bastion_tray.adapters import readiness
+
+        return readiness.wait_until_ssh_answers(host, port, timeout=timeout, progress=progress)
+
+    def connect(self, host: str, port: int, bastion: BastionConfig, profile: str,
+                settings: Settings, on_lost: Callable[[str], None]) -> BastionLink:
+        from bastion_tray.adapters.ssh import BastionConnection
+
         try:
             return BastionConnection.open(
-                host, port, bastion, hostkeys=store(bastion.host_key), profile=profile,
+                host, port, bastion, hostkeys=self._store(bastion.host_key), profile=profile,
                 keepalive_interval=settings.keepalive_interval,
-                passphrase=lambda path: secrets.get(str(path)), on_lost=on_lost)
+                passphrase=lambda path: self._secrets.get(str(path)), on_lost=on_lost)
         except PassphraseNeeded as exc:
             if exc.wrong:
-                secrets.pop(exc.path, None)
+                self._secrets.pop(exc.path, None)
             raise
 
-    def remember(path: str, secret: str | None) -> None:
+    def remember_passphrase(self, path: str, secret: str | None) -> None:
         if secret is None:
-            secrets.pop(path, None)
+            self._secrets.pop(path, None)
         else:
-            secrets[path] = secret
+            self._secrets[path] = secret
 
-    def forward(cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Channel],
+    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Channel],
                 profile: str, on_change: Callable[[], None]) -> Listener:
-        return Forward(cfg, connector, relay, profile=profile, on_change=on_change)
+        from bastion_tray.adapters.forward import Forward
 
-    def pipe(sock: Any, leftover: bytes, channel: Any, on_closed: Callable[[], None]) -> Pipe:
+        return Forward(cfg, connector, self._relay, profile=profile, on_change=on_change)
+
+    def pipe(self, sock: Any, leftover: bytes, channel: Any,
+             on_closed: Callable[[], None]) -> Pipe:
         if leftover:
             channel.sendall(leftover)
-        return relay.add(sock, channel, lambda stats: on_closed())
+        return self._relay.add(sock, channel, lambda stats: on_closed())
 
-    def dial(host: str, port: int) -> Any:
-        sock = readiness.open_tcp(host, port, timeout=15)
-        return SocketChannel(sock)
+    def dial(self, host: str, port: int) -> Any:
+        from bastion_tray.adapters import readiness
 
-    def fetch(host: str, port: int) -> tuple[str, str]:
+        return SocketChannel(readiness.open_tcp(host, port, timeout=15))
+
+    def fetch_host_key(self, host: str, port: int) -> tuple[str, str]:
+        from bastion_tray.adapters import hostkeys
+
         key = hostkeys.fetch_host_key(host, port)
         return hostkeys.fingerprint(key), f"{key.get_name()} {key.get_base64()}"
 
-    def record(host: str, port: int, line: str) -> str:
+    def record_host_key(self, host: str, port: int, line: str) -> str:
+        import paramiko
+
         kind, _, blob = line.partition(" ")
         key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-        return str(store(None).record(host, port, key))
+        return str(self._store(None).record(host, port, key))
 
-    return Adapters(
-        cloud=lambda profile: Ec2Cloud(profile),
-        wait_ssh=readiness.wait_until_ssh_answers,
-        connect=connect,
-        forward=forward,
-        pipe=pipe,
-        fetch_host_key=fetch,
-        record_host_key=record,
-        dial=dial,
-        remember_passphrase=remember,
-        close=relay.close,
-    )
+    def close(self) -> None:
+        self._relay.close()
 
 
 class SocketChannel:

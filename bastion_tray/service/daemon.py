@@ -1,8 +1,8 @@
 """The daemon: one per user. Wires profiles, the event bus and the control socket together.
 
-Requests arrive on the control socket (service/control.py) and are answered here, each in its
-own thread; the ticker evaluates idle clocks twice a second. Nothing here imports boto3 or
-paramiko: the adapters come in through `Adapters`.
+Requests arrive on the control socket (service/control.py) and are answered by `Handlers`,
+each in its own thread; the ticker feeds every profile's lifecycle a tick four times a second.
+Nothing here imports boto3 or paramiko: the adapters come in through `Adapters`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from bastion_tray import __version__
 from bastion_tray.core.config import Config
-from bastion_tray.core.errors import BastionTrayError, UsageError
+from bastion_tray.core.errors import UsageError
 from bastion_tray.core.paths import AppPaths
 from bastion_tray.service.control import ControlServer
 from bastion_tray.service.events import EventBus
@@ -27,14 +27,15 @@ from bastion_tray.service.statefile import StateFile
 
 log = logging.getLogger("bastion_tray.daemon")
 
-TICK = 0.5
+TICK = 0.25  # seconds between lifecycle ticks: the granularity of every timer
 
 
 class Daemon:
     """A handle: `start()`, then `wait()` until a shutdown request or signal, `close()`."""
 
     def __init__(self, config: Config, paths: AppPaths, adapters: Adapters,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] | None = None) -> None:
         self.config = config
         self.paths = paths
         self.adapters = adapters
@@ -43,9 +44,10 @@ class Daemon:
         self.runtimes = {name: ProfileRuntime(profile, config.settings, adapters, self.bus,
                                               self.state, clock)
                          for name, profile in config.profiles.items()}
-        self.handlers = Handlers(self)
+        self.handlers = Handlers(self.runtime, self.status, self.bus, self.request_shutdown)
         self.server = ControlServer(paths, self.handlers.handle)
         self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
         self._closed = False
         self._config_stamp = self._stamp()
 
@@ -83,42 +85,17 @@ class Daemon:
         log.info("daemon %s started (pid %d), config %s, %d profile(s)", __version__,
                  os.getpid(), self.config.path, len(self.runtimes))
         for rt in self.runtimes.values():
-            threading.Thread(target=self._discover, args=(rt,), name=f"discover-{rt.name}",
-                             daemon=True).start()
+            rt.restore_forwards()
+            rt.refresh()  # start-up discovery: a running bastion resumes its idle clock
         threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
 
-    def _discover(self, rt: ProfileRuntime) -> None:
-        """Learn each bastion's state at start-up: a running one resumes its idle clock."""
-        try:
-            self._discover_once(rt)
-        finally:
-            rt.discovered.set()
-
-    def _discover_once(self, rt: ProfileRuntime) -> None:
-        try:
-            info = rt.refresh()
-            if info.state == "running":
-                log.info("[profile=%s] found %s running; idle clock resumed", rt.name,
-                         info.instance_id)
-        except BastionTrayError as exc:
-            log.warning("[profile=%s] cannot read the instance state: %s", rt.name, exc)
-            rt.set_error(exc)
-
     def _ticker(self) -> None:
-        refresh_every, last_refresh = 30.0, time.monotonic()
-        while not self._stop.wait(TICK):
-            due = time.monotonic() - last_refresh > refresh_every
+        while not self._stop.is_set():
+            self._sleep(TICK)
+            if self._stop.is_set():
+                return
             for rt in self.runtimes.values():
-                try:
-                    if due and rt.info is not None and rt.info.state not in ("stopped",):
-                        rt.refresh()  # notices a bastion stopped behind our back
-                    rt.tick()
-                except BastionTrayError as exc:
-                    log.warning("[profile=%s] %s", rt.name, exc)
-                except Exception:
-                    log.exception("[profile=%s] ticker failed", rt.name)
-            if due:
-                last_refresh = time.monotonic()
+                rt.tick()  # never raises: the runtime logs a failing step once and goes on
 
     def request_shutdown(self) -> None:
         self._stop.set()

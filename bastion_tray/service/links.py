@@ -1,17 +1,15 @@
-"""What the daemon needs from the adapters, as shapes: the CLI builds the real ones.
-
-Keeping these as Protocols lets the daemon run with no boto3/paramiko import of its own, and
-keeps the wiring (which adapter backs which port) in one place, `cli/wiring.py`.
+"""What the daemon needs from the adapters, as named-method Protocols: the CLI builds the real
+ones (cli/wiring.py), tests build fakes. Keeping these as shapes lets the service run with no
+boto3/paramiko import of its own; there are no silent defaults — an adapter says what it does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bastion_tray.core.config import BastionConfig, ForwardConfig, Profile, Settings
-from bastion_tray.core.ports import Channel, Cloud
+from bastion_tray.core.ports import Channel, Cloud, Progress
 
 
 class BastionLink(Protocol):
@@ -60,29 +58,49 @@ class Pipe(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Adapters:
-    """Factories for everything that touches the network. The CLI fills them in."""
+class Adapters(Protocol):
+    """Everything that touches the network, one method per job."""
 
-    #: the EC2 side of a profile
-    cloud: Callable[[Profile], Cloud]
-    #: poll host:port until it sends an SSH banner; returns seconds waited
-    wait_ssh: Callable[..., float]
-    #: (host, port, bastion, profile_name, settings, on_lost) -> an authenticated link
-    connect: Callable[[str, int, BastionConfig, str, Settings, Callable[[str], None]], BastionLink]
-    #: (forward, connector, profile_name, on_change) -> a listener, not yet started
-    forward: Callable[[ForwardConfig, Callable[[tuple[str, int]], Channel], str,
-                       Callable[[], None]], Listener]
-    #: (socket, leftover bytes, channel, on_closed) -> a pipe pumping both ways
-    pipe: Callable[[Any, bytes, Any, Callable[[], None]], Pipe]
-    #: (host, port) -> (fingerprint, key line) of the server's host key
-    fetch_host_key: Callable[[str, int], tuple[str, str]]
-    #: (host, port, key line) -> path of the known_hosts file written
-    record_host_key: Callable[[str, int, str], str]
-    #: (host, port) -> a plain TCP stream, relay-ready (for `proxy @bastion`)
-    dial: Callable[[str, int], Any] = lambda host, port: None
-    #: (identity file path, passphrase or None to forget it): kept in memory only
-    remember_passphrase: Callable[[str, str | None], None] = lambda path, secret: None
-    #: stops the shared relay engine and whatever else the adapters hold
-    close: Callable[[], None] = lambda: None
+    def cloud(self, profile: Profile) -> Cloud:
+        """The EC2 side of a profile."""
+        ...
 
+    def wait_ssh(self, host: str, port: int, *, timeout: float,
+                 progress: Progress | None = None) -> float:
+        """Poll host:port until it sends an SSH banner; the seconds waited."""
+        ...
+
+    def connect(self, host: str, port: int, bastion: BastionConfig, profile: str,
+                settings: Settings, on_lost: Callable[[str], None]) -> BastionLink:
+        """An authenticated, host-key-checked link to the bastion."""
+        ...
+
+    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Channel],
+                profile: str, on_change: Callable[[], None]) -> Listener:
+        """A listener for one forward, not yet started."""
+        ...
+
+    def pipe(self, sock: Any, leftover: bytes, channel: Any,
+             on_closed: Callable[[], None]) -> Pipe:
+        """Pump bytes both ways between a local socket and a channel."""
+        ...
+
+    def dial(self, host: str, port: int) -> Any:
+        """A plain TCP stream to host:port, relay-ready (for `proxy @bastion`)."""
+        ...
+
+    def fetch_host_key(self, host: str, port: int) -> tuple[str, str]:
+        """(fingerprint, key line) of the server's host key."""
+        ...
+
+    def record_host_key(self, host: str, port: int, line: str) -> str:
+        """Record a confirmed key in the app's known_hosts; the file's path."""
+        ...
+
+    def remember_passphrase(self, path: str, secret: str | None) -> None:
+        """Keep an identity file's passphrase in memory (None forgets it)."""
+        ...
+
+    def close(self) -> None:
+        """Stop the shared relay engine and whatever else the adapters hold."""
+        ...

@@ -10,15 +10,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bastion_tray.core.durations import parse_duration
-from bastion_tray.core.errors import BastionTrayError, HostKeyError, UsageError
+from bastion_tray.core.errors import BastionTrayError, UsageError
+from bastion_tray.service.control import Request
+from bastion_tray.service.events import EventBus
 from bastion_tray.service.runtime import ProfileRuntime
-
-if TYPE_CHECKING:
-    from bastion_tray.service.control import Request
-    from bastion_tray.service.daemon import Daemon
 
 log = logging.getLogger("bastion_tray.daemon")
 
@@ -33,8 +31,14 @@ def _arg(req: Request, key: str) -> Any:
 
 
 class Handlers:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    """One method per op. Knows the daemon only by what it is handed: the profiles' runtimes,
+    a status function, the event bus and a way to ask for shutdown."""
+
+    def __init__(self, runtime: Callable[[object], ProfileRuntime],
+                 status: Callable[..., dict[str, Any]], bus: EventBus,
+                 request_shutdown: Callable[[], None]) -> None:
+        self.runtime, self.status, self.bus = runtime, status, bus
+        self.request_shutdown = request_shutdown
 
     def handle(self, req: Request) -> None:
         method = getattr(self, "op_" + req.op.replace("-", "_"), None)
@@ -42,10 +46,7 @@ class Handlers:
             raise UsageError(f"unknown request {req.op!r}")
         secret = req.args.pop("passphrase", None)
         if isinstance(secret, str):  # a client asked its user for the key's passphrase
-            rt = self.daemon.runtime(req.args.get("profile"))
-            key = rt.profile.bastion.identity_file
-            if key is not None:
-                self.daemon.adapters.remember_passphrase(str(key), secret)
+            self.runtime(req.args.get("profile")).remember_passphrase(secret)
         method(req)
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -60,7 +61,7 @@ class Handlers:
             except BaseException as exc:  # re-raised in the request's thread below
                 box["error"] = exc
 
-        with self.daemon.bus.subscribe(
+        with self.bus.subscribe(
                 lambda e: e.get("profile") == rt.name and e.get("type") in PROGRESS_TYPES) as sub:
             worker = threading.Thread(target=run, name=f"{req.op}-{rt.name}", daemon=True)
             worker.start()
@@ -76,43 +77,38 @@ class Handlers:
     # ---- ops -------------------------------------------------------------------------------
 
     def op_status(self, req: Request) -> None:
-        req.reply_ok(self.daemon.status(wait_discovery=10.0))
+        req.reply_ok(self.status(wait_discovery=10.0))
 
     def op_start(self, req: Request) -> None:
-        rt = self.daemon.runtime(req.args.get("profile"))
-        self._with_progress(req, rt, rt.ensure_ready)
+        rt = self.runtime(req.args.get("profile"))
+        self._with_progress(req, rt, rt.ensure_link)
         req.reply_ok(rt.snapshot())
 
     def op_up(self, req: Request) -> None:
-        rt = self.daemon.runtime(req.args.get("profile"))
+        rt = self.runtime(req.args.get("profile"))
         for name in rt.profile.forwards:
             rt.open_forward(name)
-        self._with_progress(req, rt, rt.ensure_ready)
+        self._with_progress(req, rt, rt.ensure_link)
         req.reply_ok(rt.snapshot())
 
     def op_connect(self, req: Request) -> None:
-        rt = self.daemon.runtime(req.args.get("profile"))
+        rt = self.runtime(req.args.get("profile"))
         name = rt.profile.forward(str(req.args.get("forward"))).name
         listener = rt.open_forward(name)
         if not req.args.get("lazy"):
-            self._with_progress(req, rt, rt.ensure_ready)
+            self._with_progress(req, rt, rt.ensure_link)
         cfg = rt.profile.forwards[name]
         req.reply_ok({"local": f"{cfg.bind}:{listener.local_port}", "forward": name,
                       "profile": rt.name})
 
     def op_proxy(self, req: Request) -> None:
-        rt = self.daemon.runtime(req.args.get("profile"))
+        rt = self.runtime(req.args.get("profile"))
         host, port = _arg(req, "host"), _arg(req, "port")
-        if not isinstance(port, int) or not 1 <= port <= 65535:
-            raise UsageError(f"port must be 1–65535, got {port!r}")
-        if host == "@bastion":  # the bastion's own sshd: a plain TCP stream once it answers
-            def work() -> Any:
-                address, _ = rt.ensure_ssh_answers()
-                return self.daemon.adapters.dial(address, port)
-        else:
-            def work() -> Any:
-                return rt.open_channel(str(host), port, ("127.0.0.1", 0))
-        channel = self._with_progress(req, rt, work)
+        if not isinstance(host, str) or not host:
+            raise UsageError(f"host must be a name or address, got {host!r:.60}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise UsageError(f"port must be 1–65535, got {port!r:.60}")
+        channel = self._with_progress(req, rt, lambda: rt.proxy(host, port))
         rt.session_opened()
         try:
             req.reply_ok({"profile": rt.name, "host": host, "port": port})
@@ -121,50 +117,38 @@ class Handlers:
             channel.close()
             rt.session_closed()
             raise
-        self.daemon.adapters.pipe(sock, leftover, channel, rt.session_closed)
+        rt.adapters.pipe(sock, leftover, channel, rt.session_closed)
 
     def op_stop(self, req: Request) -> None:
-        rt = self.daemon.runtime(req.args.get("profile"))
-        info = rt.stop("stopped by request", close_listeners=True)
-        req.reply_ok({"profile": rt.name, "state": info.state if info else "unknown"})
+        rt = self.runtime(req.args.get("profile"))
+        state = rt.stop("stopped by request", close_listeners=True)
+        req.reply_ok({"profile": rt.name, "state": state})
 
     def op_keep(self, req: Request) -> None:
-        rt = self.daemon.runtime(req.args.get("profile"))
-        try:
-            seconds = parse_duration(req.args.get("duration", 3600))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        rt = self.runtime(req.args.get("profile"))
+        seconds = keep_seconds(req.args.get("duration", 3600))
         rt.keep_running(seconds)
         req.reply_ok(rt.snapshot())
 
     def op_hostkey(self, req: Request) -> None:
         """The bastion's host key as it answers now (starting it when needed)."""
-        rt = self.daemon.runtime(req.args.get("profile"))
-        host, port = self._with_progress(req, rt, rt.ensure_ssh_answers)
-        fingerprint, key = self.daemon.adapters.fetch_host_key(host, port)
+        rt = self.runtime(req.args.get("profile"))
+        host, port, fingerprint, key = self._with_progress(req, rt, rt.host_key)
         req.reply_ok({"profile": rt.name, "host": host, "port": port,
                       "fingerprint": fingerprint, "key": key})
 
     def op_trust(self, req: Request) -> None:
         """Record the bastion's key, but only if it is the one the user confirmed."""
-        rt = self.daemon.runtime(req.args.get("profile"))
-        wanted = str(_arg(req, "fingerprint"))
-        host, port = self._with_progress(req, rt, rt.ensure_ssh_answers)
-        fingerprint, key = self.daemon.adapters.fetch_host_key(host, port)
-        if fingerprint != wanted:
-            raise HostKeyError(f"the bastion {host}:{port} now presents {fingerprint}, not the "
-                               f"confirmed {wanted}; nothing was recorded",
-                               fingerprint=fingerprint)
-        path = self.daemon.adapters.record_host_key(host, port, key)
-        log.info("[profile=%s] trusted host key %s for %s:%s in %s", rt.name, fingerprint,
-                 host, port, path)
-        rt.set_error(None)
-        req.reply_ok({"profile": rt.name, "fingerprint": fingerprint, "path": path})
+        rt = self.runtime(req.args.get("profile"))
+        wanted = _arg(req, "fingerprint")
+        if not isinstance(wanted, str):
+            raise UsageError(f"fingerprint must be a string, got {wanted!r:.60}")
+        req.reply_ok(self._with_progress(req, rt, lambda: rt.trust(wanted)))
 
     def op_subscribe(self, req: Request) -> None:
         """A snapshot, then every event with a fresh status, until the client goes away."""
-        with self.daemon.bus.subscribe() as sub:
-            req.reply_ok(self.daemon.status(wait_discovery=10.0))
+        with self.bus.subscribe() as sub:
+            req.reply_ok(self.status(wait_discovery=10.0))
             last_beat = time.monotonic()
             while not req.closed:
                 event = sub.get(timeout=1.0)
@@ -174,10 +158,25 @@ class Handlers:
                     event = {"type": "heartbeat"}
                 last_beat = time.monotonic()
                 try:
-                    req.send_event({**event, "status": self.daemon.status()})
+                    req.send_event({**event, "status": self.status()})
                 except (OSError, BastionTrayError):
                     return
 
     def op_shutdown(self, req: Request) -> None:
-        req.reply_ok({"pid": self.daemon.status()["daemon"]["pid"]})
-        self.daemon.request_shutdown()
+        req.reply_ok({"pid": self.status()["daemon"]["pid"]})
+        self.request_shutdown()
+
+
+def keep_seconds(value: object) -> float:
+    """`keep`'s duration from the control socket: finite, ≥ 0, at most the documented limit."""
+    try:
+        from bastion_tray.core.durations import KEEP_LIMIT, parse_bounded_duration
+    except ImportError:  # pragma: no cover - until durations grows its bounds
+        seconds = parse_duration(value)
+        if not 0 <= seconds <= 7 * 86400:
+            raise UsageError("keep: the duration must be between 0 s and 7 d") from None
+        return seconds
+    try:
+        return parse_bounded_duration(value, maximum=KEEP_LIMIT, what="keep")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,381 +1,427 @@
-"""One profile's life in the daemon: instance, SSH link, forwards, sessions, idle clock.
+"""One profile in the daemon: runs its lifecycle (core/lifecycle.py) and holds its handles.
 
-Bring-up runs in its own thread ("attempt"), so a caller that stops waiting (a lazy forward
-connection past `lazy_wait`, a client that hung up) does not abort it for everyone else. Every
-change is published on the bus; `snapshot()` is what `status --json` shows.
+The runtime decides nothing. Every request, adapter answer and tick becomes an event; the pure
+`step` turns it into the next state and a list of effects, which the runtime carries out in
+order. Events are processed one at a time (whichever thread posts while nobody drains, drains);
+slow effects — EC2 calls, waiting for SSH, connecting — run through `spawn` (a thread each in
+the daemon, inline in tests) and come back as events. The clock is passed in.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from bastion_tray.core.bringup import ensure_running
+from bastion_tray.core import lifecycle as lc
 from bastion_tray.core.config import Profile, Settings
 from bastion_tray.core.durations import format_duration
-from bastion_tray.core.errors import BastionTrayError, CloudError, WaitTimeout
-from bastion_tray.core.idle import IdleClock, IdlePolicy, Verdict
-from bastion_tray.core.ports import InstanceInfo
+from bastion_tray.core.errors import BastionTrayError, CloudError, DaemonError, HostKeyError
+from bastion_tray.core.idle import IdlePolicy
 from bastion_tray.service.events import EventBus
 from bastion_tray.service.links import Adapters, BastionLink, Listener
+from bastion_tray.service.snapshot import profile_snapshot
 from bastion_tray.service.statefile import StateFile
 
 log = logging.getLogger("bastion_tray.daemon")
 
+Spawn = Callable[[Callable[[], None], str], None]
 
-class Attempt:
-    """One bring-up in flight; waiters block on `done` and share its outcome."""
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: BastionTrayError | None = None
-        self.started_at = time.monotonic()
+def spawn_thread(work: Callable[[], None], name: str) -> None:
+    threading.Thread(target=work, name=name, daemon=True).start()
+
+
+def timings_for(settings: Settings) -> lc.Timings:
+    return lc.Timings(ready_timeout=settings.ready_timeout)
+
+
+@dataclass
+class Waiter:
+    """A request waiting for the lifecycle: set once, with a host or an error."""
+
+    id: int
+    done: threading.Event = field(default_factory=threading.Event)
+    host: str | None = None
+    state: str | None = None
+    error: BastionTrayError | None = None
 
 
 class ProfileRuntime:
     def __init__(self, profile: Profile, settings: Settings, adapters: Adapters,
-                 bus: EventBus, state: StateFile, clock: Callable[[], float] = time.time) -> None:
-        self.profile = profile
-        self.settings = settings
-        self.adapters = adapters
-        self.bus = bus
-        self.state = state
-        self.clock = clock
+                 bus: EventBus, statefile: StateFile, clock: Callable[[], float] = time.time,
+                 spawn: Spawn = spawn_thread, timings: lc.Timings | None = None) -> None:
+        self.profile, self.settings, self.adapters = profile, settings, adapters
+        self.bus, self.statefile, self.clock, self._spawn = bus, statefile, clock, spawn
         self.cloud = adapters.cloud(profile)
-        self.policy = IdlePolicy(profile.bastion.idle_timeout, profile.warn_before,
-                                 profile.bastion.auto_stop)
+        b = profile.bastion
+        setup = lc.Setup(profile=profile.name, port=b.port,
+                         fixed_host=None if b.host == "auto" else b.host,
+                         policy=IdlePolicy(b.idle_timeout, profile.warn_before, b.auto_stop),
+                         timings=timings or timings_for(settings),
+                         endpoint=str(getattr(self.cloud, "endpoint", "the EC2 API")))
+        self.state = lc.initial(setup, statefile.record(profile.name))
         self.ctx = f"[profile={profile.name}]"
-        self._lock = threading.RLock()
-        self.info: InstanceInfo | None = None
-        self.link: BastionLink | None = None
-        self.ssh = "disconnected"
-        self.phase: str | None = None  # what a bring-up is doing now
-        self.error: BastionTrayError | None = None
-        self.idle = IdleClock()
-        self.sessions = 0
         self.forwards: dict[str, Listener] = {}
-        self._attempt: Attempt | None = None
-        self._stopping = False
-        self.link_losses = 0  # how often the SSH link died under us
-        self.last_loss: str | None = None
+        self.sessions = 0
+        self._link: BastionLink | None = None
+        self._link_attempt = 0
+        self._new_links: dict[int, BastionLink] = {}
+        self._waiters: dict[int, Waiter] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # the handles above
+        self._queue: collections.deque[lc.Event] = collections.deque()
+        self._draining = False
+        self._failures: dict[str, int] = {}  # an error logged once, then counted
         self.discovered = threading.Event()  # the start-up describe has answered (or failed)
-
-    # ---- reading ---------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         return self.profile.name
 
-    def activity(self) -> int:
+    # ---- the event loop -----------------------------------------------------------------
+
+    def post(self, event: lc.Event) -> None:
+        """Feed one event; returns once it (and all it led to) is processed, unless another
+        thread is draining the queue, which then processes it."""
+        with self._lock:
+            self._queue.append(event)
+            if self._draining:
+                return
+            self._draining = True
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                event = self._queue.popleft()
+            self._process(event)
+
+    def _process(self, event: lc.Event) -> None:
+        try:
+            self.state, effects = lc.step(self.state, event, self.clock())
+        except Exception as exc:  # a bug in the core: log once, keep the previous state
+            self._failed(f"step {type(event).__name__}", exc)
+            return
+        for effect in effects:
+            try:
+                self._execute(effect)
+            except Exception as exc:
+                self._failed(f"effect {type(effect).__name__}", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        key = f"{what}: {exc!r}"
+        seen = self._failures.get(key, 0)
+        self._failures[key] = seen + 1
+        if seen == 0:
+            log.exception("%s %s failed (logged once; the next tick runs)", self.ctx, what)
+
+    def tick(self) -> None:
+        """Feed the clock. Never raises: whatever fails is logged once and the next tick runs."""
+        try:
+            activity = self.live_activity()
+        except Exception as exc:  # a broken counter: skip the tick rather than guess zero
+            self._failed("counting connections", exc)
+            return
+        self.post(lc.Tick(activity))
+
+    # ---- effects ------------------------------------------------------------------------
+
+    def _execute(self, effect: lc.Effect) -> None:
+        match effect:
+            case lc.Publish(type=kind, fields=fields):
+                self.bus.publish({"type": kind, "profile": self.name, **fields})
+            case lc.Log(level=level, message=message):
+                getattr(log, level)("%s %s", self.ctx, message)
+            case lc.Save(record=record):
+                self.statefile.save(self.name, record)
+            case lc.Resolve(waiters=ids, host=host, error=error):
+                self._resolve(ids, host=host, error=error)
+            case lc.StopFinished(waiters=ids, state=state, error=error):
+                self._resolve(ids, state=state, error=error)
+            case lc.CallCloud():
+                self._spawn(functools.partial(self._cloud_call, effect.call, effect.op),
+                            f"ec2-{effect.op}-{self.name}")
+            case lc.WaitSsh():
+                self._spawn(functools.partial(self._wait_ssh, effect.attempt, effect.host,
+                                              effect.port, effect.timeout),
+                            f"wait-ssh-{self.name}")
+            case lc.OpenLink():
+                self._spawn(functools.partial(self._open_link, effect.attempt, effect.host,
+                                              effect.port), f"connect-{self.name}")
+            case lc.KeepLink(attempt=attempt):
+                with self._lock:
+                    self._link, self._link_attempt = self._new_links.pop(attempt), attempt
+            case lc.DropLink(attempt=attempt):
+                with self._lock:
+                    late = self._new_links.pop(attempt, None)
+                if late is not None:
+                    late.close()
+            case lc.CloseLink():
+                with self._lock:
+                    link, self._link = self._link, None
+                if link is not None:
+                    link.close()
+            case lc.CloseConnections(listeners=close_listeners):
+                self._close_connections(close_listeners)
+
+    def _resolve(self, ids: tuple[int, ...], *, host: str | None = None,
+                 state: str | None = None, error: BastionTrayError | None = None) -> None:
+        with self._lock:
+            waiters = [self._waiters.pop(i) for i in ids if i in self._waiters]
+        for waiter in waiters:
+            waiter.host, waiter.state, waiter.error = host, state, error
+            waiter.done.set()
+
+    def _close_connections(self, close_listeners: bool) -> None:
+        with self._lock:
+            listeners = list(self.forwards.values())
+            if close_listeners:
+                self.forwards.clear()
+        for listener in listeners:
+            listener.close_connections()
+            if close_listeners:
+                listener.close()
+
+    def _cloud_call(self, call: int, op: str) -> None:
+        try:
+            if op == "describe":
+                self.post(lc.Seen(call, self.cloud.describe()))
+            else:
+                (self.cloud.start if op == "start" else self.cloud.stop)()
+                self.post(lc.CallDone(call))
+        except BastionTrayError as exc:
+            self.post(lc.CallFailed(call, exc))
+        except Exception as exc:
+            log.exception("%s EC2 %s crashed", self.ctx, op)
+            self.post(lc.CallFailed(call, DaemonError(f"internal error in EC2 {op}: {exc!r}")))
+        finally:
+            if op == "describe":
+                self.discovered.set()
+
+    def _wait_ssh(self, attempt: int, host: str, port: int, timeout: float) -> None:
+        try:
+            self.adapters.wait_ssh(host, port, timeout=timeout, progress=self._progress)
+            self.post(lc.SshAnswered(attempt))
+        except BastionTrayError as exc:
+            self.post(lc.SshFailed(attempt, exc))
+        except Exception as exc:
+            log.exception("%s waiting for SSH crashed", self.ctx)
+            self.post(lc.SshFailed(attempt, DaemonError(f"internal error: {exc!r}")))
+
+    def _open_link(self, attempt: int, host: str, port: int) -> None:
+        def lost(reason: str) -> None:
+            self.post(lc.LinkLost(attempt, reason))
+
+        try:
+            link = self.adapters.connect(host, port, self.profile.bastion, self.name,
+                                         self.settings, lost)
+        except BastionTrayError as exc:
+            self.post(lc.LinkFailed(attempt, exc))
+            return
+        except Exception as exc:
+            log.exception("%s connecting crashed", self.ctx)
+            self.post(lc.LinkFailed(attempt, DaemonError(f"internal error: {exc!r}")))
+            return
+        with self._lock:
+            self._new_links[attempt] = link
+        self.post(lc.LinkUp(attempt))
+
+    def _progress(self, phase: str, detail: str) -> None:
+        """What an adapter reports during a long wait: shown, never decided on."""
+        self.bus.publish({"type": "progress", "profile": self.name, "phase": phase,
+                          "detail": detail})
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def live_activity(self) -> int:
         with self._lock:
             return self.sessions + sum(f.active_connections for f in self.forwards.values())
 
     def snapshot(self) -> dict[str, Any]:
         """This profile's entry of `status --json` (the contract, extended)."""
-        from bastion_tray.service.snapshot import profile_snapshot
-
         with self._lock:
-            return profile_snapshot(self, self.clock())
+            forwards = dict(self.forwards)
+            sessions = self.sessions
+        return profile_snapshot(self.state, self.profile, forwards, sessions, self.clock())
 
-    @property
-    def starting_for(self) -> float | None:
-        attempt = self._attempt
-        if attempt is None or attempt.done.is_set():
-            return None
-        return time.monotonic() - attempt.started_at
+    # ---- requests ------------------------------------------------------------------------
 
-    def host(self) -> str | None:
-        """The address to reach the bastion at: `host`, or its current IP with host = "auto"."""
-        b = self.profile.bastion
-        if b.host != "auto":
-            return b.host
-        return self.info.address if self.info else None
-
-    def _publish(self, type_: str, **fields: Any) -> None:
-        self.bus.publish({"type": type_, "profile": self.name, **fields})
-
-    def set_error(self, error: BastionTrayError | None) -> None:
-        """Show `error` in the status (None: the user fixed it, e.g. trusted the host key)."""
+    def _waiter(self) -> Waiter:
+        waiter = Waiter(next(self._ids))
         with self._lock:
-            self.error = error
-        self.changed()
+            self._waiters[waiter.id] = waiter
+        return waiter
 
-    def changed(self) -> None:
-        """Something visible changed (a connection opened or closed): tell subscribers."""
-        self._publish("changed")
-
-    # ---- discovering -------------------------------------------------------------------------
-
-    def refresh(self) -> InstanceInfo:
-        """Ask EC2 for the instance's state; resumes the idle clock of a running bastion."""
-        info = self.cloud.describe()
-        with self._lock:
-            before = self.info.state if self.info else None
-            self.info = info
-            if info.state == "running" and before != "running":
-                saved = self.state.idle_since(info.instance_id)
-                self.idle = IdleClock(idle_since=saved) if saved else IdleClock()
-                self.idle = self.idle.observe(self.activity(), self.clock())
-            if info.state != "running" and self.link is None:
-                self.idle = self.idle.reset()
-        if before != info.state:
-            log.info("%s instance %s is %s", self.ctx, info.instance_id, info.state)
-            self._publish("instance", state=info.state)
-        return info
-
-    # ---- bringing up -----------------------------------------------------------------------
-
-    def ensure_ready(self, timeout: float | None = None) -> BastionLink:
-        """The connected link, bringing the bastion up if needed; waits at most `timeout`."""
-        with self._lock:
-            if self.link is not None and self.link.alive:
-                return self.link
-            attempt = self._attempt
-            if attempt is None or attempt.done.is_set():
-                attempt = self._attempt = Attempt()
-                threading.Thread(target=self._bring_up, args=(attempt,),
-                                 name=f"bringup-{self.name}", daemon=True).start()
-        limit = timeout if timeout is not None else self.settings.ready_timeout + 120
-        if not attempt.done.wait(limit):
-            raise WaitTimeout(f"the bastion of profile {self.name} was not ready within "
-                              f"{format_duration(limit)} (now: {self.phase or 'starting'})",
-                              hint="it keeps starting in the background; "
-                                   f"see `bastion-tray status` for {self.name}")
-        if attempt.error is not None:
-            raise attempt.error
-        with self._lock:
-            if self.link is None:
-                raise CloudError(f"the bastion of profile {self.name} went away right after "
-                                 "it came up", hint="try again")
-            return self.link
-
-    def _report(self, phase: str, detail: str) -> None:
-        with self._lock:
-            self.phase = phase
-        self._publish("progress", phase=phase, detail=detail)
-
-    def _bring_up(self, attempt: Attempt) -> None:
-        began = time.monotonic()
-        try:
+    def _wait(self, waiter: Waiter, limit: float, what: str) -> Waiter:
+        if not waiter.done.wait(limit):
             with self._lock:
-                self.error = None
-                self.ssh = "disconnected"
-            host, port = self.ensure_ssh_answers(began)
-            with self._lock:
-                self.ssh = "connecting"
-            self._report("connecting", f"{self.profile.bastion.user}@{host}:{port}")
-            link = self.adapters.connect(host, port, self.profile.bastion, self.name,
-                                         self.settings, self._on_lost)
-            took = time.monotonic() - began
-            with self._lock:
-                self.link = link
-                self.ssh = "connected"
-                self.phase = None
-                self.idle = self.idle.observe(self.activity(), self.clock())
-            log.info("%s ready in %.1f s (%s:%s)", self.ctx, took, host, port)
-            self._publish("ready", seconds=round(took, 1), host=f"{host}:{port}")
-        except BastionTrayError as exc:
-            with self._lock:
-                self.error, self.phase, self.ssh = exc, None, "disconnected"
-            attempt.error = exc
-            log.warning("%s bring-up failed: %s", self.ctx, exc.message)
-            self._publish("error", kind=exc.kind, message=exc.message, hint=exc.hint)
-        except Exception as exc:  # a bug: report it as a daemon error instead of hanging
-            log.exception("%s bring-up crashed", self.ctx)
-            err = BastionTrayError(f"internal error while starting {self.name}: {exc!r}")
-            with self._lock:
-                self.error, self.phase, self.ssh = err, None, "disconnected"
-            attempt.error = err
-        finally:
-            attempt.done.set()
+                self._waiters.pop(waiter.id, None)
+            self.post(lc.GiveUp(waiter.id))
+            from bastion_tray.core.errors import WaitTimeout
 
-    def ensure_ssh_answers(self, began: float | None = None) -> tuple[str, int]:
-        """Instance running (started if needed) and its SSH port answering: (host, port)."""
-        began = time.monotonic() if began is None else began
-        info, started = ensure_running(self.cloud, timeout=self.settings.ready_timeout,
-                                       clock=time.monotonic, sleep=time.sleep,
-                                       progress=self._report)
-        if started:
-            self.state.mark_started(info.instance_id)
-        self.refresh()
-        host, port = self.host() or "", self.profile.bastion.port
-        self._report("waiting for SSH", f"{host}:{port}")
-        left = max(1.0, self.settings.ready_timeout - (time.monotonic() - began))
-        self.adapters.wait_ssh(host, port, timeout=left, progress=self._report)
-        return host, port
+            raise WaitTimeout(f"{what} of profile {self.name}: not done within "
+                              f"{format_duration(limit)} (now: {self.state.label or 'waiting'})",
+                              hint="it goes on in the background; see `bastion-tray status`")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter
 
-    # ---- using -------------------------------------------------------------------------------
+    def request(self, goal: lc.Goal = lc.Goal.LINK, may_start: bool = True) -> Waiter:
+        """Ask for the bastion up to `goal` without waiting: the waiter is set when it is."""
+        waiter = self._waiter()
+        self.post(lc.Demand(waiter.id, goal, may_start))
+        return waiter
+
+    def ensure(self, goal: lc.Goal = lc.Goal.LINK, timeout: float | None = None,
+               may_start: bool = True) -> str:
+        """Bring the bastion up to `goal`, starting it if needed; the host it answers at."""
+        waiter = self.request(goal, may_start)
+        limit = timeout if timeout is not None else self.state.setup.timings.ready_timeout + 30
+        return self._wait(waiter, limit, "the bastion's start").host or ""
+
+    def ensure_link(self, timeout: float | None = None) -> BastionLink:
+        self.ensure(lc.Goal.LINK, timeout)
+        with self._lock:
+            link = self._link
+        if link is None:
+            raise CloudError(f"the bastion of profile {self.name} went away right after it "
+                             "came up", hint="try again")
+        return link
 
     def open_channel(self, host: str, port: int, origin: tuple[str, int],
                      timeout: float | None = None) -> Any:
         """A channel to host:port through the bastion; one retry on a link that just died."""
         for attempt in (1, 2):
-            link = self.ensure_ready(timeout)
+            link = self.ensure_link(timeout)
             try:
                 return link.open_channel(host, port, origin)
             except BastionTrayError:
                 if attempt == 2 or link.alive:
                     raise
                 log.info("%s link died while opening a channel; reconnecting", self.ctx)
+                with self._lock:
+                    dead = self._link_attempt if self._link is link else None
+                if dead is not None:
+                    self.post(lc.LinkLost(dead, "the link died while opening a channel"))
         raise AssertionError("unreachable")
+
+    def proxy(self, host: str, port: int) -> Any:
+        """A stream to host:port (`@bastion`: the bastion's own sshd) for `proxy`."""
+        if host == "@bastion":
+            address = self.ensure(lc.Goal.SSH)
+            return self.adapters.dial(address, port)
+        return self.open_channel(host, port, ("127.0.0.1", 0))
+
+    def host_key(self) -> tuple[str, int, str, str]:
+        """(host, port, fingerprint, key line) of the bastion's key as it answers now."""
+        host = self.ensure(lc.Goal.SSH)
+        port = self.profile.bastion.port
+        fingerprint, key = self.adapters.fetch_host_key(host, port)
+        return host, port, fingerprint, key
+
+    def trust(self, wanted: str) -> dict[str, Any]:
+        """Record the bastion's key, but only if it is the one the user confirmed."""
+        host, port, fingerprint, key = self.host_key()
+        if fingerprint != wanted:
+            raise HostKeyError(f"the bastion {host}:{port} now presents {fingerprint}, not the "
+                               f"confirmed {wanted}; nothing was recorded",
+                               fingerprint=fingerprint)
+        path = self.adapters.record_host_key(host, port, key)
+        log.info("%s trusted host key %s for %s:%s in %s", self.ctx, fingerprint, host, port,
+                 path)
+        self.post(lc.ClearError())
+        return {"profile": self.name, "fingerprint": fingerprint, "path": path}
+
+    def remember_passphrase(self, secret: str) -> None:
+        key = self.profile.bastion.identity_file
+        if key is not None:
+            self.adapters.remember_passphrase(str(key), secret)
 
     def open_forward(self, name: str) -> Listener:
         """Start listening on one forward (idempotent)."""
         cfg = self.profile.forwards[name]
         with self._lock:
             existing = self.forwards.get(name)
-            if existing is not None and existing.listening:
-                return existing
+        if existing is not None and existing.listening:
+            return existing
 
-            def connector(origin: tuple[str, int]) -> Any:
-                return self.open_channel(cfg.remote_host, cfg.remote_port, origin,
-                                         timeout=self.settings.lazy_wait)
+        def connector(origin: tuple[str, int]) -> Any:
+            return self.open_channel(cfg.remote_host, cfg.remote_port, origin,
+                                     timeout=self.settings.lazy_wait)
 
-            listener = self.adapters.forward(cfg, connector, self.name, self._on_activity)
-            listener.start()
+        listener = self.adapters.forward(cfg, connector, self.name, self._activity_changed)
+        listener.start()
+        with self._lock:
             self.forwards[name] = listener
         log.info("%s forward %s listening on %s:%s", self.ctx, name, cfg.bind,
                  listener.local_port)
-        self._publish("forward", forward=name, listening=True)
+        self.post(lc.ForwardListening(name, True))
         return listener
+
+    def restore_forwards(self) -> None:
+        """A restarted daemon listens again where its predecessor listened."""
+        for name in sorted(self.state.listening):
+            if name not in self.profile.forwards:
+                self.post(lc.ForwardListening(name, False))
+                continue
+            try:
+                self.open_forward(name)
+            except BastionTrayError as exc:
+                log.warning("%s could not listen again on forward %s: %s", self.ctx, name,
+                            exc.message)
 
     def session_opened(self) -> None:
         with self._lock:
             self.sessions += 1
-        self._on_activity()
+        self._activity_changed()
 
     def session_closed(self) -> None:
         with self._lock:
-            self.sessions -= 1
-        self._on_activity()
+            self.sessions = max(0, self.sessions - 1)
+        self._activity_changed()
 
-    def _on_activity(self) -> None:
-        with self._lock:
-            self.idle = self.idle.observe(self.activity(), self.clock())
-            since = self.idle.idle_since
-            instance = self.info.instance_id if self.info else None
-        if instance:
-            self.state.set_idle_since(instance, since)
-        self.changed()
+    def _activity_changed(self) -> None:
+        self.post(lc.Activity(self.live_activity()))
 
     def keep_running(self, seconds: float) -> None:
-        with self._lock:
-            self.idle = self.idle.postpone(self.clock(), seconds)
-        log.info("%s keep running: no idle stop for %s", self.ctx, format_duration(seconds))
-        self.changed()
+        self.post(lc.Keep(seconds))
 
-    # ---- losing and stopping -------------------------------------------------------------
+    def refresh(self) -> None:
+        self.post(lc.Refresh())
 
-    def _on_lost(self, reason: str) -> None:
-        with self._lock:
-            self.link = None
-            self.ssh = "disconnected"
-            self.link_losses += 1
-            self.last_loss = reason
-        log.warning("%s SSH link lost: %s", self.ctx, reason)
-        self._publish("disconnected", reason=reason)
-        threading.Thread(target=self._after_loss, name=f"reconnect-{self.name}",
-                         daemon=True).start()
+    def set_error_cleared(self) -> None:
+        self.post(lc.ClearError())
 
-    def _after_loss(self) -> None:
-        """Reconnect with backoff while the instance runs and forwards need it."""
-        delay = 1.0
-        while not self._stopping:
-            try:
-                info = self.refresh()
-            except BastionTrayError as exc:
-                log.warning("%s cannot check the instance: %s", self.ctx, exc.message)
-                info = None
-            if info is not None and info.state != "running":
-                log.warning("%s instance %s is %s (stopped outside bastion-tray?); it starts "
-                            "again on the next demand", self.ctx, info.instance_id, info.state)
-                return
-            with self._lock:
-                needed = any(f.listening for f in self.forwards.values()) or self.sessions > 0
-                if self.link is not None or not needed:
-                    return
-            try:
-                self.ensure_ready()
-                log.info("%s reconnected", self.ctx)
-                return
-            except BastionTrayError as exc:
-                log.info("%s reconnect failed (%s); next try in %.0f s", self.ctx,
-                         exc.message, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    def stop(self, reason: str, *, close_listeners: bool = True) -> str:
+        """Close connections and the link, stop the instance; the state it ended in."""
+        waiter = self._waiter()
+        self.post(lc.StopRequested(waiter.id, reason, close_listeners))
+        return self._wait(waiter, self._stop_limit(), "stopping").state or "unknown"
 
-    def tick(self) -> None:
-        """Called about twice a second: idle warnings and the auto-stop."""
-        now = self.clock()
-        with self._lock:
-            running = self.info is not None and self.info.state == "running"
-            if not running or self._stopping or self._attempt_in_flight():
-                return
-            activity = self.activity()
-            self.idle = self.idle.observe(activity, now)
-            decision = self.idle.decide(self.policy, activity, now)
-            if decision.verdict is Verdict.WARN:
-                self.idle = self.idle.warned_now()
-        if decision.verdict is Verdict.WARN:
-            log.info("%s %s", self.ctx, decision.reason)
-            self._publish("warn", stops_in=round(decision.stops_in or 0), reason=decision.reason)
-        elif decision.verdict is Verdict.STOP:
-            self.stop(decision.reason, only_if_idle=True)
-
-    def _attempt_in_flight(self) -> bool:
-        return self._attempt is not None and not self._attempt.done.is_set()
-
-    def stop(self, reason: str, *, close_listeners: bool = False,
-             only_if_idle: bool = False) -> InstanceInfo | None:
-        """Close connections and the link, then stop the instance (never a foreign one).
-
-        `only_if_idle`: the idle stop re-checks under the lock, so a connection that arrived
-        since the decision keeps the bastion instead of being cut.
-        """
-        with self._lock:
-            if self._stopping or (only_if_idle and self.activity() > 0):
-                return self.info
-            self._stopping = True
-            link, self.link = self.link, None
-            self.ssh = "disconnected"
-            listeners = list(self.forwards.values())
-        try:
-            log.info("%s stopping: %s", self.ctx, reason)
-            for listener in listeners:
-                listener.close_connections()
-                if close_listeners:
-                    listener.close()
-            if close_listeners:
-                with self._lock:
-                    self.forwards.clear()
-            if link is not None:
-                link.close()
-            info = self.refresh()
-            if info.state in ("pending", "running"):
-                self.cloud.stop()
-            self.state.forget(info.instance_id)
-            info = self.refresh()
-            with self._lock:
-                self.idle = self.idle.reset()
-            self._publish("stopped", reason=reason, state=info.state)
-            return info
-        finally:
-            with self._lock:
-                self._stopping = False
+    def _stop_limit(self) -> float:
+        t = self.state.setup.timings
+        return 3 * t.api_give_up + 5
 
     def shutdown(self) -> None:
-        """Daemon exit: stop what this daemon started when auto_stop is on, then close all."""
+        """Daemon exit: stop what this daemon started (auto_stop on), then close all."""
+        waiter = self._waiter()
+        self.post(lc.Exit(waiter.id))
+        try:
+            self._wait(waiter, self._stop_limit(), "the stop at exit")
+        except BastionTrayError as exc:
+            log.warning("%s could not stop the bastion on exit: %s", self.ctx, exc.message)
+        self._close_connections(close_listeners=True)
         with self._lock:
-            instance = self.info.instance_id if self.info else None
-        if instance and self.policy.auto_stop and self.state.started(instance):
-            try:
-                self.stop("the daemon is exiting and started this bastion", close_listeners=True)
-            except BastionTrayError as exc:
-                log.warning("%s could not stop the bastion on exit: %s", self.ctx, exc)
-        for listener in list(self.forwards.values()):
-            listener.close()
-        if self.link is not None:
-            self.link.close()
+            links = [self._link, *self._new_links.values()]
+            self._link = None
+            self._new_links.clear()
+        for link in links:
+            if link is not None:
+                link.close()

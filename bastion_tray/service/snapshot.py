@@ -1,17 +1,15 @@
-"""A profile's entry of `status --json` (DESIGN.md contract, extended), read off its runtime.
-
-Called with the runtime's lock held, so the numbers in one snapshot agree with each other.
-"""
+"""A profile's entry of `status --json` (DESIGN.md contract, extended): the lifecycle's state
+value serialized, plus the counters the live handles (forwards, sessions) hold."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
+from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import BastionTrayError
-
-if TYPE_CHECKING:
-    from bastion_tray.service.links import Listener
-    from bastion_tray.service.runtime import ProfileRuntime
+from bastion_tray.core.lifecycle import Lifecycle, Phase
+from bastion_tray.service.links import Listener
 
 
 def _round(value: float | None) -> float | None:
@@ -37,35 +35,40 @@ def error_snapshot(error: BastionTrayError | None) -> dict[str, Any] | None:
     return {"kind": error.kind, "message": error.message, "hint": error.hint}
 
 
-def profile_snapshot(rt: ProfileRuntime, now: float) -> dict[str, Any]:
-    info, cfg = rt.info, rt.profile
-    activity = rt.activity()
-    running = info is not None and info.state == "running"
-    decision = rt.idle.decide(rt.policy, activity, now)
-    counting = running and rt.policy.auto_stop and activity == 0
+def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener],
+                     sessions: int, now: float) -> dict[str, Any]:
+    info = s.instance
+    activity = sessions + sum(f.active_connections for f in forwards.values())
+    policy = s.setup.policy
+    decision = s.idle.decide(policy, activity, now)
+    counting = (s.running and policy.auto_stop and activity == 0 and s.phase is Phase.IDLE
+                and s.idle.idle_since is not None)
+    started = s.saved.started_by_us if s.saved is not None else s.started_by_us
     return {
         "bastion": {
             "instance_id": info.instance_id if info else cfg.bastion.instance_id,
             "name": info.name if info else cfg.bastion.name,
             "state": info.state if info else "unknown",
-            "host": rt.host() if running else None,
-            "ssh": rt.ssh,
+            "host": s.host if s.running else None,
+            "ssh": s.link.value,
         },
         "forwards": {
             name: forward_snapshot(f.local, f.bind, f"{f.remote_host}:{f.remote_port}",
-                                   rt.forwards.get(name))
+                                   forwards.get(name))
             for name, f in cfg.forwards.items()
         },
         "hosts": sorted(cfg.hosts),
-        "sessions": rt.sessions,
-        "idle_seconds": _round(rt.idle.idle_seconds(now)) if counting else None,
+        "sessions": sessions,
+        "idle_seconds": _round(s.idle.idle_seconds(now)) if counting else None,
         "stops_in_seconds": _round(decision.stops_in) if counting else None,
-        "idle_reason": decision.reason if running else None,
-        "auto_stop": rt.policy.auto_stop,
-        "link_losses": rt.link_losses,
-        "last_link_loss": rt.last_loss,
-        "phase": rt.phase,
-        "starting_for_seconds": _round(rt.starting_for),
-        "started_by_daemon": bool(info and rt.state.started(info.instance_id)),
-        "error": error_snapshot(rt.error),
+        "idle_reason": decision.reason if s.running else None,
+        "auto_stop": policy.auto_stop,
+        "link_losses": s.link_losses,
+        "last_link_loss": s.last_loss,
+        "phase": s.label,
+        "lifecycle": s.phase.value,
+        "starting_for_seconds": (_round(now - s.began_at)
+                                 if s.phase is Phase.STARTING and s.began_at else None),
+        "started_by_daemon": started,
+        "error": error_snapshot(s.error),
     }

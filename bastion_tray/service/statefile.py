@@ -1,71 +1,117 @@
-"""What the daemon must remember across its own restarts (even a SIGKILL).
+"""What the daemon must remember across its own restarts (even a SIGKILL), per profile.
 
-Per instance: whether this daemon started it (so a clean exit stops it) and when its idle
-period began (so a restarted daemon resumes the idle clock instead of forgetting it).
-Written atomically; a corrupt file is set aside, never trusted.
+The lifecycle (core/lifecycle.py) says what that is — `Persisted`: the instance, whether this
+daemon started it, when its idle period began, the forwards that were listening — and emits a
+`Save` whenever it changes. Written atomically. A file of any other shape than exactly this one
+is set aside as `.corrupt` with a warning, never trusted:
+
+    {"version": 2, "profiles": {"foo": {"instance_id": "i-…", "started_by_daemon": true,
+                                        "idle_since": 1764600000.0, "listening": ["db"]}}}
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from bastion_tray.core.lifecycle import Persisted
+
 log = logging.getLogger("bastion_tray.daemon")
+
+VERSION = 2
+MAX_BYTES = 1024 * 1024  # far more than any number of profiles needs
+_KEYS = {"instance_id", "started_by_daemon", "idle_since", "listening"}
+
+
+class StateFileShapeError(ValueError):
+    """The file parses but is not the shape this daemon writes."""
+
+
+def _entry(name: str, raw: Any) -> Persisted:
+    if not isinstance(raw, dict) or set(raw) != _KEYS:
+        raise StateFileShapeError(f"profile {name!r}: expected exactly the keys "
+                                  f"{sorted(_KEYS)}")
+    instance, started, since, listening = (raw["instance_id"], raw["started_by_daemon"],
+                                           raw["idle_since"], raw["listening"])
+    if instance is not None and not (isinstance(instance, str) and instance):
+        raise StateFileShapeError(f"profile {name!r}: instance_id must be a string or null")
+    if not isinstance(started, bool):
+        raise StateFileShapeError(f"profile {name!r}: started_by_daemon must be true or false")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)
+                              or not math.isfinite(since) or since < 0):
+        raise StateFileShapeError(f"profile {name!r}: idle_since must be a time or null")
+    if not isinstance(listening, list) or not all(isinstance(f, str) for f in listening):
+        raise StateFileShapeError(f"profile {name!r}: listening must be a list of names")
+    return Persisted(instance, started, None if since is None else float(since),
+                     tuple(sorted(set(listening))))
+
+
+def parse_state(text: str) -> dict[str, Persisted]:
+    """The profiles' records, or ValueError saying what is wrong with the file."""
+    data = json.loads(text, parse_constant=lambda c: _refuse(c))
+    if not isinstance(data, dict) or set(data) != {"version", "profiles"}:
+        raise StateFileShapeError('expected {"version": 2, "profiles": {…}}')
+    if data["version"] != VERSION or isinstance(data["version"], bool):
+        raise StateFileShapeError(f"version {data['version']!r}, expected {VERSION}")
+    profiles = data["profiles"]
+    if not isinstance(profiles, dict):
+        raise StateFileShapeError("profiles must be an object")
+    return {str(name): _entry(str(name), raw) for name, raw in profiles.items()}
+
+
+def _refuse(constant: str) -> Any:
+    raise StateFileShapeError(f"{constant} is not a valid value")
+
+
+def _as_json(record: Persisted) -> dict[str, Any]:
+    return {"instance_id": record.instance_id, "started_by_daemon": record.started_by_us,
+            "idle_since": record.idle_since, "listening": list(record.listening)}
 
 
 class StateFile:
+    """The daemon's state file: loaded once, saved per profile on every change."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._data: dict[str, dict[str, Any]] = self._load()
+        self._records: dict[str, Persisted] = self._load()
 
-    def _load(self) -> dict[str, dict[str, Any]]:
+    def _load(self) -> dict[str, Persisted]:
         try:
-            data = json.loads(self.path.read_text())
-            instances = data["instances"]
-            if isinstance(instances, dict):
-                return instances
+            with self.path.open("rb") as f:
+                raw = f.read(MAX_BYTES + 1)
+            if len(raw) > MAX_BYTES:
+                raise StateFileShapeError(f"larger than {MAX_BYTES} bytes")
+            return parse_state(raw.decode("utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable daemon state %s: %s", self.path, exc)
-            self.path.replace(self.path.with_suffix(".corrupt"))
+        except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError too
+            aside = self.path.with_suffix(".corrupt")
+            log.warning("set aside the daemon state %s as %s, not trusted: %s", self.path,
+                        aside.name, exc)
+            try:
+                self.path.replace(aside)
+            except OSError as err:
+                log.warning("could not set aside %s: %s", self.path, err)
         return {}
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"instances": self._data}, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
-
-    def _update(self, instance: str, **fields: Any) -> None:
+    def record(self, profile: str) -> Persisted | None:
         with self._lock:
-            entry = self._data.setdefault(instance, {})
-            if all(entry.get(k) == v for k, v in fields.items()):
+            return self._records.get(profile)
+
+    def save(self, profile: str, record: Persisted) -> None:
+        with self._lock:
+            if self._records.get(profile) == record:
                 return
-            entry.update(fields)
-            self._save()
-
-    def mark_started(self, instance: str) -> None:
-        self._update(instance, started_by_daemon=True)
-
-    def started(self, instance: str) -> bool:
-        with self._lock:
-            return bool(self._data.get(instance, {}).get("started_by_daemon"))
-
-    def set_idle_since(self, instance: str, when: float | None) -> None:
-        self._update(instance, idle_since=when)
-
-    def idle_since(self, instance: str) -> float | None:
-        with self._lock:
-            value = self._data.get(instance, {}).get("idle_since")
-            return float(value) if isinstance(value, int | float) else None
-
-    def forget(self, instance: str) -> None:
-        with self._lock:
-            if self._data.pop(instance, None) is not None:
-                self._save()
+            self._records[profile] = record
+            data = {"version": VERSION,
+                    "profiles": {n: _as_json(r) for n, r in sorted(self._records.items())}}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)

@@ -1,0 +1,276 @@
+"""Fakes for the in-process service tests: adapters that keep their calls, a clock that moves
+only when told, and a spawner that runs slow work inline or holds it (a hanging call)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion_tray.core import lifecycle as lc
+from bastion_tray.core.config import (
+    BastionConfig,
+    ForwardConfig,
+    Profile,
+    Settings,
+)
+from bastion_tray.core.errors import BastionTrayError, SSHError
+from bastion_tray.core.ports import InstanceInfo, Progress
+from bastion_tray.service.events import EventBus
+from bastion_tray.service.runtime import ProfileRuntime
+from bastion_tray.service.statefile import StateFile
+
+INSTANCE = "i-0123456789abcdef0"
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeCloud:
+    """An EC2 instance: a start goes pending (running at the next describe), a stop goes
+    stopping (stopped at the next describe). Each start may hand out a new public address."""
+
+    endpoint = "http://127.0.0.1:9/fake-ec2"
+
+    def __init__(self, state: str = "stopped", address: str = "127.0.0.10") -> None:
+        self.state = state
+        self.address = address
+        self.next_addresses: list[str] = []
+        self.calls: list[str] = []
+        self.fail: dict[str, BastionTrayError] = {}
+
+    def describe(self) -> InstanceInfo:
+        if "describe" in self.fail:
+            raise self.fail["describe"]
+        state = self.state
+        if state in ("pending", "stopping"):  # seen once in between, like EC2
+            self.state = "running" if state == "pending" else "stopped"
+        self.calls.append(f"describe:{state}")
+        if state != "running":
+            return InstanceInfo(INSTANCE, state, "foo-bastion", None, None)
+        return InstanceInfo(INSTANCE, self.state, "foo-bastion",
+                            self.address if self.state == "running" else None, None)
+
+    def start(self) -> None:
+        self.calls.append("start")
+        if "start" in self.fail:
+            raise self.fail["start"]
+        self.state = "pending"
+        if self.next_addresses:
+            self.address = self.next_addresses.pop(0)
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+        if "stop" in self.fail:
+            raise self.fail["stop"]
+        self.state = "stopping"
+
+
+class FakeChannel:
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeLink:
+    def __init__(self, host: str, on_lost: Callable[[str], None]) -> None:
+        self.host = host
+        self.on_lost = on_lost
+        self.alive = True
+        self.closed = False
+        self.channels: list[FakeChannel] = []
+
+    def open_channel(self, host: str, port: int,
+                     origin: tuple[str, int] = ("127.0.0.1", 0)) -> FakeChannel:
+        if not self.alive:
+            raise SSHError("the link is closed")
+        channel = FakeChannel(host, port)
+        self.channels.append(channel)
+        return channel
+
+    def lose(self, reason: str = "no reply to keepalives") -> None:
+        self.alive = False
+        self.on_lost(reason)
+
+    def close(self) -> None:
+        self.alive, self.closed = False, True
+
+
+class FakeListener:
+    def __init__(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Any],
+                 on_change: Callable[[], None]) -> None:
+        self.cfg, self.connector, self.on_change = cfg, connector, on_change
+        self.local_port = cfg.local_port
+        self.listening = False
+        self.active_connections = 0
+        self.total_connections = 0
+        self.bytes_up = self.bytes_down = 0
+        self.cut = 0  # times its connections were closed
+
+    def start(self) -> None:
+        self.listening = True
+
+    def open(self, notify: bool = True) -> None:
+        """A client connects (the forward counts it at accept, then tells the runtime)."""
+        self.active_connections += 1
+        self.total_connections += 1
+        if notify:
+            self.on_change()
+
+    def hang_up(self) -> None:
+        self.active_connections -= 1
+        self.on_change()
+
+    def close_connections(self) -> None:
+        self.cut += self.active_connections
+        self.active_connections = 0
+
+    def close(self) -> None:
+        self.listening = False
+
+
+class FakeAdapters:
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.the_cloud = cloud
+        self.links: list[FakeLink] = []
+        self.listeners: dict[str, FakeListener] = {}
+        self.waited: list[str] = []
+        self.connect_error: BastionTrayError | None = None
+        self.ssh_error: BastionTrayError | None = None
+        self.recorded: list[str] = []
+        self.host_key = ("SHA256:right", "ssh-ed25519 AAAA")
+
+    def cloud(self, profile: Profile) -> FakeCloud:
+        return self.the_cloud
+
+    def wait_ssh(self, host: str, port: int, *, timeout: float,
+                 progress: Progress | None = None) -> float:
+        self.waited.append(host)
+        if self.ssh_error is not None:
+            raise self.ssh_error
+        return 0.0
+
+    def connect(self, host: str, port: int, bastion: BastionConfig, profile: str,
+                settings: Settings, on_lost: Callable[[str], None]) -> FakeLink:
+        if self.connect_error is not None:
+            raise self.connect_error
+        link = FakeLink(host, on_lost)
+        self.links.append(link)
+        return link
+
+    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Any],
+                profile: str, on_change: Callable[[], None]) -> FakeListener:
+        listener = FakeListener(cfg, connector, on_change)
+        self.listeners[cfg.name] = listener
+        return listener
+
+    def pipe(self, sock: Any, leftover: bytes, channel: Any,
+             on_closed: Callable[[], None]) -> Any:
+        raise NotImplementedError("no pipes in the in-process tests")
+
+    def dial(self, host: str, port: int) -> Any:
+        return FakeChannel(host, port)
+
+    def fetch_host_key(self, host: str, port: int) -> tuple[str, str]:
+        return self.host_key
+
+    def record_host_key(self, host: str, port: int, line: str) -> str:
+        self.recorded.append(line)
+        return "/fake/known_hosts"
+
+    def remember_passphrase(self, path: str, secret: str | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Spawner:
+    """Runs slow work at once, in the caller's thread — unless its name starts with a held
+    prefix: then it waits in `held` until `release()` (an EC2 call that hangs)."""
+
+    def __init__(self) -> None:
+        self.hold: set[str] = set()
+        self.held: list[tuple[str, Callable[[], None]]] = []
+
+    def __call__(self, work: Callable[[], None], name: str) -> None:
+        if any(name.startswith(prefix) for prefix in self.hold):
+            self.held.append((name, work))
+        else:
+            work()
+
+    def release(self, prefix: str = "") -> None:
+        ready = [job for job in self.held if job[0].startswith(prefix)]
+        self.held = [job for job in self.held if not job[0].startswith(prefix)]
+        for _, work in ready:
+            work()
+
+
+def make_profile(*, idle_timeout: float = 600, warn_before: float = 120,
+                 auto_stop: bool = True, host: str = "auto") -> Profile:
+    bastion = BastionConfig(instance_id=INSTANCE, name=None, user="ec2-user",
+                            identity_file=None, host=host, idle_timeout=idle_timeout,
+                            auto_stop=auto_stop)
+    db = ForwardConfig("db", 13306, "db.internal", 3306)
+    return Profile("foo", "ap-northeast-1", None, bastion, forwards={"db": db},
+                   warn_before=warn_before)
+
+
+class Harness:
+    """A ProfileRuntime with fakes everywhere; `restart()` builds a new one on the same
+    state file, as a daemon restarted after a SIGKILL would."""
+
+    def __init__(self, cloud: FakeCloud | None = None, state_dir: Path | None = None,
+                 **profile: Any) -> None:
+        self.cloud = cloud or FakeCloud()
+        self.clock = FakeClock()
+        self.spawner = Spawner()
+        self.bus = EventBus()
+        self.events = self.bus.subscribe()
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="bt-state-"))
+        self.profile = make_profile(**profile)
+        self.adapters = FakeAdapters(self.cloud)
+        self.rt = self._runtime()
+
+    def _runtime(self) -> ProfileRuntime:
+        statefile = StateFile(self.state_dir / "daemon-state.json")
+        return ProfileRuntime(self.profile, Settings(), self.adapters, self.bus,  # type: ignore[arg-type]
+                              statefile, clock=self.clock, spawn=self.spawner,
+                              timings=lc.Timings(ready_timeout=300))
+
+    def restart(self) -> ProfileRuntime:
+        self.adapters = FakeAdapters(self.cloud)
+        self.rt = self._runtime()
+        return self.rt
+
+    def ticks(self, seconds: float, every: float = 0.25) -> None:
+        """Let `seconds` pass, ticking like the daemon's ticker."""
+        end = self.clock.now + seconds
+        while self.clock.now < end:
+            self.clock.advance(min(every, end - self.clock.now))
+            self.rt.tick()
+
+    def published(self, kind: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        while (event := self.events.get(timeout=0)) is not None:
+            out.append(event)
+        return [e for e in out if kind is None or e["type"] == kind]
+
+    @property
+    def link(self) -> FakeLink:
+        return self.adapters.links[-1]
+
+    def status(self) -> dict[str, Any]:
+        return self.rt.snapshot()
