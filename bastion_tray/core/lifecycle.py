@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Any
 
-from bastion_tray.core.durations import format_duration
+from bastion_tray.core.durations import KEEP_LIMIT, format_duration
 from bastion_tray.core.errors import BastionTrayError, CloudError, DaemonError, WaitTimeout
 from bastion_tray.core.idle import IdleClock, IdlePolicy, Verdict
 from bastion_tray.core.ports import InstanceInfo
 
 GONE = frozenset({"shutting-down", "terminated"})
-KEEP_MAX = 7 * 86400.0  # "keep running" never postpones the stop further than this
+KEEP_MAX = KEEP_LIMIT  # "keep running" never postpones the stop further than this
 
 
 @dataclass(frozen=True)

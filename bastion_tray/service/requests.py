@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bastion_tray.core.durations import parse_duration
+from bastion_tray.core.durations import KEEP_LIMIT, parse_bounded_duration
 from bastion_tray.core.errors import BastionTrayError, UsageError
 from bastion_tray.service.control import Request
 from bastion_tray.service.events import EventBus
@@ -168,14 +168,7 @@ class Handlers:
 
 
 def keep_seconds(value: object) -> float:
-    """`keep`'s duration from the control socket: finite, ≥ 0, at most the documented limit."""
-    try:
-        from bastion_tray.core.durations import KEEP_LIMIT, parse_bounded_duration
-    except ImportError:  # pragma: no cover - until durations grows its bounds
-        seconds = parse_duration(value)
-        if not 0 <= seconds <= 7 * 86400:
-            raise UsageError("keep: the duration must be between 0 s and 7 d") from None
-        return seconds
+    """`keep`'s duration from the control socket: finite, ≥ 0, at most KEEP_LIMIT (7 d)."""
     try:
         return parse_bounded_duration(value, maximum=KEEP_LIMIT, what="keep")
     except ValueError as exc:
