@@ -4,6 +4,7 @@ OpenSSH sshd and MariaDB installed; the real-peer path is test_sandbox.py's."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -19,7 +20,7 @@ from bastion_tray.sandbox import Sandbox, SandboxError
 from bastion_tray.sandbox.net import free_port
 from bastion_tray.sandbox.prereqs import standin_note
 from bastion_tray.sandbox.procs import is_alive
-from bastion_tray.sandbox.standins import SERVER_VERSION, generate_ed25519
+from bastion_tray.sandbox.standins import SERVER_VERSION, _relay, generate_ed25519
 from tests.support.app import App, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -216,6 +217,72 @@ def test_restart_works_and_freeze_says_it_cannot(sb: Sandbox) -> None:
         assert read_line(forward(client, sb.db_host, sb.db_port))
     with pytest.raises(SandboxError, match="not supported with the stand-in bastion"):
         sb.freeze_bastion()
+
+
+class _Releases:
+    """What _relay needs of its service: the stop flag, and release() that closes."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.released: list[object] = []
+
+    def release(self, resource: socket.socket | paramiko.Channel) -> None:
+        self.released.append(resource)
+        resource.close()
+
+
+def test_relay_survives_a_channel_closed_under_it_that_no_longer_maps_to_its_fd(
+        sb: Sandbox) -> None:
+    """d0c4826, seen in CI as a KeyError in a relay thread when the bastion restarted under an
+    open forward: another thread closed the channel between the relay's select and its recv.
+    A closed paramiko channel drops its pipe, so its next fileno() makes a new pipe — a new fd
+    — and `selector.unregister(channel)` found nothing registered under it. The relay must
+    unregister the fd it registered, pass the EOF on and release both ends."""
+    start_bastion(sb)
+    with ssh(sb) as client:
+        channel = forward(client, sb.db_host, sb.db_port)
+        read_line(channel)  # the greeting: nothing stays buffered
+        channel.shutdown_write()  # the database answers our EOF with its own
+        wait_until(lambda: channel.eof_received, 5, "the database's EOF through the bastion")
+        registered_fd = channel.fileno()  # what the relay's selector will register
+        target, peer = socket.socketpair()
+        held: list[int] = []
+        real_recv = channel.recv
+
+        def recv_after_a_close_elsewhere(size: int) -> bytes:
+            if not held:
+                channel.close()  # what the stopping bastion's release() does meanwhile
+                # keep the freed fd taken, so the channel's next pipe cannot reuse its number
+                while not held or held[-1] != registered_fd:
+                    held.append(os.open(os.devnull, os.O_RDONLY))
+                    assert len(held) < 1000, "the registered fd was not freed by close()"
+            return real_recv(size)
+
+        channel.recv = recv_after_a_close_elsewhere  # type: ignore[method-assign]
+        service = _Releases()
+        errors: list[BaseException] = []
+        relay = threading.Thread(target=_run_catching, args=(errors, channel, target, service))
+        peer.settimeout(5)
+        try:
+            relay.start()
+            assert peer.recv(1) == b"", "the channel's EOF did not reach the destination"
+            peer.close()  # now the destination ends too: the relay has nothing left to do
+            relay.join(5)
+        finally:
+            for fd in held:
+                os.close(fd)
+        assert not relay.is_alive()
+        assert errors == []
+        assert held, "the channel was never read: the test did not reach the race"
+        assert service.released == [channel, target]
+        assert channel.closed and target.fileno() == -1
+
+
+def _run_catching(errors: list[BaseException], *args: object) -> None:
+    try:
+        _relay(*args)  # type: ignore[arg-type]
+    except BaseException as exc:
+        errors.append(exc)
 
 
 def test_the_product_end_to_end_on_the_standins(sb: Sandbox) -> None:
