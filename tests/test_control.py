@@ -7,6 +7,7 @@ found by its command line (it names the test's home dir) and is gone when the te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -27,9 +28,10 @@ from typing import Any
 
 import pytest
 
+from bastion_tray.core.durations import KEEP_LIMIT
 from bastion_tray.core.errors import ConfigError, DaemonError, UsageError, WaitTimeout
 from bastion_tray.core.paths import AppPaths, app_paths
-from bastion_tray.service.control import ControlServer, Request
+from bastion_tray.service.control import MAX_REQUEST_LINE, ControlServer, Request
 from bastion_tray.service.control_client import ControlClient, LineReader, encode_line
 from bastion_tray.service.spawn import ensure_daemon, peer_uid, read_pid, refusal_for_peer
 
@@ -603,3 +605,289 @@ def test_tcp_transport_admits_only_clients_with_the_token(home: Path, paths: App
 
     assert daemon.stop() == 0
     assert not addr_file.exists()
+
+
+# --- robust inputs (issue 8): whatever a peer sends, an error line, and the server lives on ---
+
+
+def robust_handler(req: Request) -> None:
+    """An in-process handler for the limits tests: typed args, a duration, a stream, a pipe."""
+    if req.op == "typed":
+        req.reply_ok({"n": req.arg("n", int, required=True), "name": req.arg("name", str, "x"),
+                      "ratio": req.arg("ratio", float, 1.0), "lazy": req.arg("lazy", bool, False)})
+    elif req.op == "keep":
+        req.reply_ok({"seconds": req.duration("duration", maximum=KEEP_LIMIT, default=3600)})
+    elif req.op == "slow":
+        time.sleep(float(req.args["seconds"]))
+        req.reply_ok({})
+    elif req.op == "subscribe":
+        req.reply_ok({"type": "snapshot"})
+        # silent for `hold` seconds, longer than the idle timeout, then one event
+        if not req.wait_closed(float(req.args["hold"])):
+            req.send_event({"type": "still here"})
+            req.wait_closed()
+    elif req.op == "proxy":
+        req.reply_ok({})
+        sock, leftover = req.detach()
+        with sock:
+            sock.sendall(leftover)
+            while data := sock.recv(65536):
+                sock.sendall(data)
+    else:
+        req.reply_ok({"op": req.op, "args": req.args})
+
+
+ROBUST_OPS = {"echo", "typed", "keep", "slow", "subscribe", "proxy"}
+
+
+class RawConnection:
+    """A raw client of the control socket: bytes out, reply lines in."""
+
+    def __init__(self, paths: AppPaths, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(paths.socket))
+        self.reader = LineReader(self.sock)
+
+    def send(self, data: bytes) -> RawConnection:
+        self.sock.sendall(data)
+        return self
+
+    def reply(self) -> dict[str, Any] | None:
+        """The next line, None at the end of the stream (a reset after the last line too)."""
+        try:
+            line = self.reader.read_line()
+        except ConnectionResetError:
+            return None
+        return None if line is None else json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def serve(paths: AppPaths) -> Iterator[Any]:
+    """Start an in-process ControlServer with `robust_handler` and the given limits."""
+    servers: list[ControlServer] = []
+
+    def start(**limits: Any) -> ControlServer:
+        servers.append(ControlServer(paths, robust_handler, ops=ROBUST_OPS, **limits).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def usage_message(reply: dict[str, Any] | None) -> str:
+    assert reply is not None and reply["error"]["kind"] == "usage", reply
+    return str(reply["error"]["message"])
+
+
+ECHO = encode_line({"op": "echo", "x": 1})
+ECHOED = {"ok": {"op": "echo", "args": {"x": 1}}}
+
+
+def test_a_deeply_nested_line_is_answered_and_the_connection_lives_on(
+        paths: AppPaths, serve: Any) -> None:
+    # issue 8: "[" * 100000 raised RecursionError in the connection's thread: EOF, no answer
+    serve()
+    conn = RawConnection(paths).send(b"[" * 100_000 + b"\n" + ECHO)
+    assert "nested deeper than 32 levels" in usage_message(conn.reply())
+    assert conn.reply() == ECHOED
+    deep_arg = b'{"op": "echo", "x": ' + b"[" * 33 + b"]" * 33 + b"}\n"
+    assert "nested deeper than 32 levels" in usage_message(conn.send(deep_arg).reply())
+    assert conn.send(ECHO).reply() == ECHOED
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_are_fine(paths: AppPaths,
+                                                                  serve: Any) -> None:
+    serve()
+    nested: Any = []
+    for _ in range(30):  # 30 levels, inside {"args": ...} inside {"ok": ...}: 32 in the reply
+        nested = [nested]
+    request = {"op": "echo", "deep": nested, "text": "[{" * 10_000}
+    conn = RawConnection(paths).send(encode_line(request))
+    assert conn.reply() == {"ok": {"op": "echo", "args": {"deep": nested, "text": "[{" * 10_000}}}
+
+
+def test_a_line_past_the_size_limit_is_answered_before_the_close(paths: AppPaths,
+                                                                 serve: Any) -> None:
+    serve()
+    conn = RawConnection(paths)
+
+    def flood() -> None:  # 3 MiB without a newline; the server stops reading after 1 MiB
+        with contextlib.suppress(OSError):
+            conn.sock.sendall(b"x" * (3 * MIB))
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        message = usage_message(conn.reply())
+    finally:
+        sender.join(10)
+    assert f"line longer than {MAX_REQUEST_LINE} bytes" in message
+    assert conn.reply() is None  # and then it closes: the rest of that stream is unreadable
+
+
+# (what is wrong, the line, text the usage error must contain)
+MALFORMED = [
+    ("not JSON", b"not json", "one JSON object per line"),
+    ("an array", b"[1, 2]", "expected a JSON object, got an array"),
+    ("a string", b'"op"', "got a string"),
+    ("null", b"null", "got null"),
+    ("a number", b"42", "got a number"),
+    ("no op", b'{"no_op": 1}', 'no "op"'),
+    ("op a number", b'{"op": 7}', '"op" must be a non-empty string, got 7'),
+    ("op empty", b'{"op": ""}', '"op" must be a non-empty string'),
+    ("op null", b'{"op": null}', '"op" must be a non-empty string, got None'),
+    ("op an object", b'{"op": {"op": "echo"}}', '"op" must be a non-empty string'),
+    ("op a 1 MB string", b'{"op": "' + b"a" * 1_000_000 + b'"}', "unknown request 'aaa"),
+    ("not UTF-8", b'{"op": "echo", "x": "\xff\xfe"}', "not UTF-8 text"),
+    ("NaN", b'{"op": "echo", "x": NaN}', "NaN is not a JSON number"),
+    ("Infinity", b'{"op": "echo", "x": Infinity}', "Infinity is not a JSON number"),
+    ("-Infinity", b'{"op": "echo", "x": -Infinity}', "-Infinity is not a JSON number"),
+    ("1e309, which json.loads makes infinite", b'{"op": "echo", "x": 1e309}', "out of range"),
+    ("unterminated", b'{"op": "echo"', "one JSON object per line"),
+    ("arg n a string", b'{"op": "typed", "n": "3"}', "'n' must be an integer, got '3'"),
+    ("arg n a boolean", b'{"op": "typed", "n": true}', "'n' must be an integer, got True"),
+    ("arg n missing", b'{"op": "typed"}', "needs 'n' (an integer)"),
+    ("arg name a list", b'{"op": "typed", "n": 1, "name": [1]}', "'name' must be a string"),
+    ("arg lazy a number", b'{"op": "typed", "n": 1, "lazy": 1}', "'lazy' must be true or false"),
+    ("keep far too long", b'{"op": "keep", "duration": "99999999999999999999h"}',
+     "keep: at most 7 d, got '99999999999999999999h'"),
+    ("keep a huge integer", b'{"op": "keep", "duration": 1' + b"0" * 400 + b"}",
+     "keep: at most 7 d"),
+    ("keep negative", b'{"op": "keep", "duration": -5}', "keep: expected a duration ≥ 0"),
+    ("keep a boolean", b'{"op": "keep", "duration": false}', "keep: expected a duration"),
+]
+
+
+@pytest.mark.parametrize(("line", "expect"), [(line, x) for _, line, x in MALFORMED],
+                         ids=[name for name, _, _ in MALFORMED])
+def test_a_malformed_request_gets_a_usage_error_and_the_connection_stays_usable(
+        paths: AppPaths, serve: Any, line: bytes, expect: str) -> None:
+    serve()
+    conn = RawConnection(paths).send(line + b"\n" + ECHO)
+    message = usage_message(conn.reply())
+    assert expect in message
+    assert len(message) < 300  # a 1 MB op is not echoed back
+    assert conn.reply() == ECHOED
+
+
+def test_well_typed_args_and_a_bounded_duration_pass(paths: AppPaths, serve: Any) -> None:
+    serve()
+    client = ControlClient.connect(paths)
+    assert client.request("typed", n=3, ratio=2, lazy=True) == {"n": 3, "name": "x",
+                                                               "ratio": 2.0, "lazy": True}
+    assert client.request("keep") == {"seconds": 3600}
+    assert client.request("keep", duration="7d") == {"seconds": KEEP_LIMIT}
+
+
+def test_the_client_never_sends_nan(paths: AppPaths, serve: Any) -> None:
+    serve()
+    with pytest.raises(UsageError, match="cannot send 'keep'"):
+        ControlClient.connect(paths).request("keep", duration=float("nan"))
+
+
+def test_a_silent_connection_is_closed_with_an_error_after_the_idle_timeout(
+        paths: AppPaths, serve: Any) -> None:
+    serve(idle_timeout=0.5)
+    began = time.monotonic()
+    conn = RawConnection(paths)  # connects, sends nothing
+    reply = conn.reply()
+    waited = time.monotonic() - began
+    assert reply is not None and reply["error"]["kind"] == "daemon", reply
+    assert "no complete request within 0.5 s" in reply["error"]["message"]
+    assert conn.reply() is None
+    assert 0.4 < waited < 5
+
+
+def test_half_a_line_trickled_byte_by_byte_still_times_out(paths: AppPaths,
+                                                           serve: Any) -> None:
+    serve(idle_timeout=0.5)
+    conn = RawConnection(paths).send(b'{"op": "ec')
+    stop = threading.Event()
+
+    def trickle() -> None:  # a byte every 0.1 s: each recv is quick, the line never completes
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.1):
+                conn.sock.send(b" ")
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        reply = conn.reply()
+    finally:
+        stop.set()
+        sender.join(5)
+    assert reply is not None and "no complete request within 0.5 s" in reply["error"]["message"]
+
+
+def test_the_idle_timeout_does_not_cut_a_request_at_work_and_restarts_after_it(
+        paths: AppPaths, serve: Any) -> None:
+    serve(idle_timeout=0.5)
+    conn = RawConnection(paths).send(encode_line({"op": "slow", "seconds": 1.2}))
+    assert conn.reply() == {"ok": {}}  # 1.2 s of work is not idleness
+    assert conn.send(ECHO).reply() == ECHOED  # a fresh 0.5 s for the next line
+    reply = conn.reply()
+    assert reply is not None and "no complete request" in reply["error"]["message"]
+
+
+def test_a_subscription_and_a_pipe_are_exempt_from_the_idle_timeout(paths: AppPaths,
+                                                                   serve: Any) -> None:
+    serve(idle_timeout=0.5)
+    client = ControlClient.connect(paths)
+    with client.subscribe(hold=1.5) as sub:  # the stream stays silent for 3 idle timeouts
+        assert next(iter(sub)) == {"type": "still here"}
+    sock, _ = client.open_pipe("proxy")
+    with sock:
+        sock.settimeout(10)
+        time.sleep(1.5)  # silent for 3 idle timeouts: a pipe's quiet is not idleness
+        sock.sendall(b"SSH-2.0-test\r\n")
+        assert sock.recv(100) == b"SSH-2.0-test\r\n"
+
+
+def test_the_connection_past_the_limit_is_refused_and_the_others_are_served(
+        paths: AppPaths, serve: Any) -> None:
+    server = serve(max_connections=2)
+    held = [RawConnection(paths), RawConnection(paths)]
+    wait_for(lambda: server.active_connections == 2, 5, "both connections to be served")
+
+    refused = RawConnection(paths)
+    reply = refused.reply()
+    assert reply is not None and reply["error"] == {
+        "kind": "daemon", "message": "too many control connections (limit 2)",
+        "hint": "close a tray, a subscription or a stuck client, then try again"}
+    assert refused.reply() is None
+    with pytest.raises(DaemonError, match=r"too many control connections \(limit 2\)"):
+        ControlClient.connect(paths)  # the client reports the refusal, however it raced
+
+    assert held[0].send(ECHO).reply() == ECHOED  # the daemon serves the others
+    held[1].close()
+    wait_for(lambda: server.active_connections == 1, 5, "the closed connection to be freed")
+    assert ControlClient.connect(paths).request("echo", x=1) == ECHOED["ok"]
+    assert server.active_connections <= 2
+    held[0].close()
+
+
+def test_a_detached_pipe_does_not_count_against_the_limit(paths: AppPaths,
+                                                          serve: Any) -> None:
+    server = serve(max_connections=1)
+    sock, _ = ControlClient.connect(paths).open_pipe("proxy")
+    with sock:
+        wait_for(lambda: server.active_connections == 0, 5, "the pipe to be detached")
+        assert ControlClient.connect(paths).request("echo", x=1) == ECHOED["ok"]
+        sock.settimeout(10)
+        sock.sendall(b"ping")
+        assert sock.recv(100) == b"ping"
+
+
+def test_at_the_limit_a_client_is_not_refused_for_the_connection_it_just_closed(
+        paths: AppPaths, serve: Any) -> None:
+    # connect() pings on one connection, request() comes on the next: at a limit of 1 the
+    # ping's thread may not have seen its EOF yet when the request arrives
+    serve(max_connections=1)
+    for n in range(20):
+        assert ControlClient.connect(paths).request("echo", x=n) == {"op": "echo",
+                                                                     "args": {"x": n}}

@@ -5,6 +5,11 @@ A thread per connection reads request lines and hands each to the daemon's handl
 `ping` is answered here, so a client can probe a daemon that is still starting. One daemon per
 user: `start()` claims the instance (spawn.py: lock, pidfile, listening socket) and `close()`
 gives it up.
+
+Whatever a peer sends, the server answers with an error line and lives on: a line is at most
+MAX_REQUEST_LINE bytes and MAX_DEPTH levels deep (the wire refuses NaN, Infinity and non-UTF-8),
+a connection that does not complete a request line within `idle_timeout` is closed, and at most
+`max_connections` connections are served at once (a detached pipe no longer counts).
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from bastion_tray import __version__
+from bastion_tray.core.durations import echo, format_duration, parse_bounded_duration
 from bastion_tray.core.errors import BastionTrayError, DaemonError, UsageError
 from bastion_tray.core.paths import AppPaths
 from bastion_tray.service.control_client import (
+    MAX_DEPTH,
     LineReader,
     decode_line,
     encode_line,
@@ -33,8 +40,16 @@ from bastion_tray.service.spawn import DaemonInstance, Listener
 log = logging.getLogger("bastion_tray.control")
 
 MAX_REQUEST_LINE = 1024 * 1024
+MAX_REQUEST_DEPTH = MAX_DEPTH  # 32 levels of arrays/objects in one request
+CONTROL_IDLE_TIMEOUT = 30.0  # a request line must be complete this long after the wait began
+MAX_CONTROL_CONNECTIONS = 64  # served at once, streams included; the next one is refused
 STREAM_OPS = frozenset({"subscribe"})  # ops whose events keep coming after the ok
 CLOSE_GRACE = 2.0  # how long close() waits for connection threads to notice
+SLOT_GRACE = 0.5  # at the connection limit, how long a new one may wait for a slot
+
+T = TypeVar("T")
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "an object", list: "an array"}
 
 
 class ClientGone(DaemonError):
@@ -50,12 +65,41 @@ class Request:
     """
 
     def __init__(self, conn: socket.socket, reader: LineReader, op: str, args: dict[str, Any],
-                 server_closing: threading.Event) -> None:
+                 server_closing: threading.Event,
+                 on_detach: Callable[[socket.socket], None] | None = None) -> None:
         self.op, self.args = op, args
         self._conn, self._reader, self._server_closing = conn, reader, server_closing
+        self._on_detach = on_detach
         self._send_lock = threading.Lock()
         self.answer: str | None = None  #: "ok" or "error" once the final line is sent
         self.detached = False
+
+    def arg(self, name: str, kind: type[T], default: T | None = None, *,
+            required: bool = False) -> T | None:
+        """`args[name]` if it has type `kind` (an int is a float too, a bool is never an int);
+        `default` when absent or null; a UsageError naming the op, the arg and the type else."""
+        value = self.args.get(name)
+        if value is None:
+            if required:
+                raise UsageError(f"request {self.op!r} needs {name!r} "
+                                 f"({_TYPE_NAMES.get(kind, kind.__name__)})")
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise UsageError(f"request {self.op!r}: {name!r} must be "
+                             f"{_TYPE_NAMES.get(kind, kind.__name__)}, got {echo(value)}")
+        return value
+
+    def duration(self, name: str, *, maximum: float, default: object,
+                 what: str | None = None) -> float:
+        """`args[name]` (else `default`) as seconds, 0 ≤ s ≤ `maximum`; a UsageError naming
+        `what` (default: the op), the limit and the value else."""
+        value = self.args.get(name, default)
+        try:
+            return parse_bounded_duration(value, maximum=maximum, what=what or self.op)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def send_event(self, event: dict[str, Any]) -> None:
         if self.answer is not None and self.op not in STREAM_OPS:
@@ -75,6 +119,8 @@ class Request:
             raise RuntimeError(f"{self.op!r}: detach() needs an ok reply, once")
         self.detached = True
         self._conn.settimeout(None)
+        if self._on_detach is not None:
+            self._on_detach(self._conn)
         return self._conn, self._reader.leftover()
 
     @property
@@ -121,13 +167,19 @@ class ControlServer:
 
     `ops`, when given, are the ops the handler serves; the server answers any other op with a
     usage error. `transport` picks a strategy by name ("unix", "tcp"); default: the platform's.
+    `idle_timeout`: how long a connection may take to send a complete request line (each one,
+    while no request runs; a stream or a pipe, once answered, is exempt). `max_connections`:
+    how many connections are served at once; the next is answered with an error and closed.
     """
 
     def __init__(self, paths: AppPaths, handler: Handler, *, ops: Iterable[str] | None = None,
-                 transport: str | None = None, version: str = __version__) -> None:
+                 transport: str | None = None, version: str = __version__,
+                 idle_timeout: float = CONTROL_IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONTROL_CONNECTIONS) -> None:
         self.paths, self.handler, self.version = paths, handler, version
         self.ops = None if ops is None else frozenset(ops)
         self.transport = transport_name(transport)
+        self.idle_timeout, self.max_connections = idle_timeout, max_connections
         self._instance: DaemonInstance | None = None
         self._sock: socket.socket | None = None
         self._listener: Listener | None = None
@@ -136,7 +188,16 @@ class ControlServer:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, threading.Thread] = {}
+        self._detached: set[socket.socket] = set()  # in _conns, but pipes: not counted
+        self._freed = threading.Condition(self._lock)  # notified when a counted one ends
+        self._no_grace_until = 0.0
         self._accept_thread: threading.Thread | None = None
+
+    @property
+    def active_connections(self) -> int:
+        """Connections that count against `max_connections` (not detached pipes)."""
+        with self._lock:
+            return self._served_count()
 
     @property
     def address(self) -> str:
@@ -203,12 +264,62 @@ class ControlServer:
                 log.warning("accepting on the control socket failed: %s", exc)
                 self._closing.wait(0.5)
                 continue
+            if not self._slot_free():
+                self._refuse(conn)
+                continue
             conn.setblocking(True)
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
                                       name=f"control-{conn.fileno()}")
             with self._lock:
                 self._conns[conn] = thread
             thread.start()
+
+    def _served_count(self) -> int:
+        return len(self._conns) - len(self._detached)  # callers hold self._lock
+
+    def _slot_free(self) -> bool:
+        """Whether a new connection may be served. At the limit, wait up to SLOT_GRACE for one
+        to end: a client's calls come on connections of their own (ping, then the request),
+        and the thread of the one it just closed may not have seen the EOF yet. In a burst of
+        refusals, refuse at once: the accept loop must not fall behind."""
+        with self._freed:
+            if self._served_count() < self.max_connections:
+                return True
+            if time.monotonic() < self._no_grace_until:
+                return False
+            deadline = time.monotonic() + SLOT_GRACE
+            while self._served_count() >= self.max_connections:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closing.is_set():
+                    self._no_grace_until = time.monotonic() + SLOT_GRACE
+                    return False
+                self._freed.wait(left)
+            return True
+
+    def _slot_freed(self) -> None:  # callers hold self._lock
+        self._no_grace_until = 0.0  # the burst is over: the next one at the limit may wait
+        self._freed.notify_all()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """Answer a connection past the limit and close it, here in the accept loop: a thread
+        per refusal would be what the limit is there to prevent. Nothing here may block."""
+        message = f"too many control connections (limit {self.max_connections})"
+        log.warning("control: %s; refusing one", message)
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.sendall(encode_line({"error": {
+                "kind": DaemonError.kind, "message": message,
+                "hint": "close a tray, a subscription or a stuck client, then try again"}}))
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):  # what already arrived: unread input would reset the line
+                pass
+        conn.close()
+
+    def _detach(self, conn: socket.socket) -> None:
+        with self._freed:
+            if conn in self._conns:
+                self._detached.add(conn)
+                self._slot_freed()
 
     def _serve(self, conn: socket.socket) -> None:
         assert self._listener is not None
@@ -224,7 +335,16 @@ class ControlServer:
                 return
             while not self._closing.is_set():
                 try:
-                    line = reader.read_line()
+                    line = reader.read_line(timeout=self.idle_timeout)
+                except TimeoutError:
+                    log.info("control: closing a connection silent for %s",
+                             format_duration(self.idle_timeout))
+                    conn.sendall(encode_line({"error": {
+                        "kind": DaemonError.kind, "hint": None,
+                        "message": f"closed: no complete request within {self.idle_timeout:g} s "
+                                   "(control connections time out when idle)"}}))
+                    _drain_and_close(conn)
+                    return
                 except ValueError as exc:  # too long: the rest of the stream is unreadable
                     self._send_usage(conn, f"malformed request: {exc}")
                     _drain_and_close(conn)
@@ -236,6 +356,7 @@ class ControlServer:
                 req = self._parse(conn, reader, line)
                 if req is None:
                     continue
+                conn.settimeout(None)  # the request's own steps have their timeouts
                 self._dispatch(req)
                 if req.detached:
                     detached = True
@@ -244,27 +365,38 @@ class ControlServer:
                     return
         except OSError as exc:
             log.debug("control connection ended: %s", exc)
+        except Exception:  # a bug here must cost one connection, never the server
+            log.exception("control: internal error serving a connection")
+            with contextlib.suppress(OSError):
+                conn.sendall(encode_line({"error": {"kind": DaemonError.kind, "hint": None,
+                                                    "message": "internal error in the daemon"}}))
         finally:
-            with self._lock:
+            with self._freed:
                 self._conns.pop(conn, None)
+                self._detached.discard(conn)
+                self._slot_freed()
             if not detached:
                 conn.close()
 
     def _parse(self, conn: socket.socket, reader: LineReader, line: bytes) -> Request | None:
         try:
-            message = decode_line(line)
+            message = decode_line(line, max_depth=MAX_REQUEST_DEPTH)
         except ValueError as exc:
             self._send_usage(conn, f"malformed request (one JSON object per line): {exc}")
             return None
-        op = message.pop("op", None)
-        if not isinstance(op, str) or not op:
+        if "op" not in message:
             self._send_usage(conn, "malformed request: no \"op\"")
+            return None
+        op = message.pop("op")
+        if not isinstance(op, str) or not op:
+            self._send_usage(conn, f"malformed request: \"op\" must be a non-empty string, "
+                             f"got {echo(op)}")
             return None
         if op != "ping" and self.ops is not None and op not in self.ops:
             known = ", ".join(sorted(self.ops | {"ping"}))
-            self._send_usage(conn, f"unknown request {op!r} (known: {known})")
+            self._send_usage(conn, f"unknown request {echo(op)} (known: {known})")
             return None
-        return Request(conn, reader, op, message, self._closing)
+        return Request(conn, reader, op, message, self._closing, on_detach=self._detach)
 
     def _dispatch(self, req: Request) -> None:
         context = f"[op={req.op}]"

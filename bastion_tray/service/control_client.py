@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import socket
 import sys
 import time
@@ -34,19 +36,71 @@ from bastion_tray.core.paths import AppPaths
 
 # A reply (the status of many profiles) may be large; anything longer is a broken peer.
 MAX_LINE = 16 * 1024 * 1024
+# Nesting past this is refused before json.loads sees it (whose recursion would raise
+# RecursionError, which once killed a connection's thread); a status is ~6 levels deep.
+MAX_DEPTH = 32
+# How long a client waits for the error line a daemon may have sent before it closed on us
+# (a connection past the daemon's limit is refused at once, maybe before our request is sent).
+REFUSAL_WAIT = 1.0
 EventCallback = Callable[[dict[str, Any]], None]
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 def encode_line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
-def decode_line(line: bytes) -> dict[str, Any]:
-    """One JSON object, or ValueError saying what is wrong with the line."""
-    message = json.loads(line)  # JSONDecodeError is a ValueError
+def decode_line(line: bytes, *, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """One JSON object, or ValueError saying what is wrong with the line.
+
+    Strict where json.loads is lenient: UTF-8 only, no NaN / Infinity (nor 1e309, which would
+    become one), at most `max_depth` levels of nesting.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    check_depth(text, max_depth)
+    try:
+        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:  # check_depth makes this unreachable; never let it kill a thread
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
     if not isinstance(message, dict):
-        raise ValueError(f"expected a JSON object, got {type(message).__name__}")
+        raise ValueError(f"expected a JSON object, got {_json_type(message)}")
     return message
+
+
+def check_depth(text: str, max_depth: int = MAX_DEPTH) -> None:
+    """ValueError if the JSON `text` nests arrays/objects deeper than `max_depth`. Brackets
+    inside strings do not count; linear in the text, and stops at the first level too deep."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return  # the common case: too few brackets to be too deep
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", _STRING.sub('""', text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _json_type(value: object) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class LineReader:
@@ -57,8 +111,14 @@ class LineReader:
         self._limit = limit
         self._buf = bytearray()
 
-    def read_line(self) -> bytes | None:
-        """The next line without its newline; None at end of stream (a partial line is lost)."""
+    def read_line(self, timeout: float | None = None) -> bytes | None:
+        """The next line without its newline; None at end of stream (a partial line is lost).
+
+        `timeout` bounds the whole line, not each recv: a peer that trickles a byte now and then
+        still runs out of time. TimeoutError then; the socket is left with that timeout set.
+        ValueError when the line grows past the limit.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         scanned = 0
         while True:
             end = self._buf.find(b"\n", scanned)
@@ -69,6 +129,11 @@ class LineReader:
             if len(self._buf) > self._limit:
                 raise ValueError(f"line longer than {self._limit} bytes")
             scanned = len(self._buf)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no complete line within {timeout:g} s")
+                self._sock.settimeout(left)
             chunk = self._sock.recv(65536)
             if not chunk:
                 return None
@@ -297,8 +362,14 @@ class ControlClient:
         try:
             sock.sendall(encode_line({"op": op, **args}))
         except OSError as exc:
+            refusal = _refusal(sock, op)  # e.g. "too many control connections", sent at once
             sock.close()
+            if refusal is not None:
+                raise refusal from exc
             raise DaemonError(f"cannot send {op!r} to the daemon: {exc}") from exc
+        except ValueError as exc:  # NaN or infinity among the args: never put on the wire
+            sock.close()
+            raise UsageError(f"cannot send {op!r}: {exc}") from None
         return sock, LineReader(sock)
 
     def _final_reply(self, op: str, sock: socket.socket, reader: LineReader,
@@ -328,6 +399,18 @@ class ControlClient:
                 ok = reply["ok"]
                 return ok if isinstance(ok, dict) else {"value": ok}
             raise _error_from_reply(reply, op)
+
+
+def _refusal(sock: socket.socket, op: str) -> BastionTrayError | None:
+    """The error line a daemon sent before it closed a connection we could not write to."""
+    with contextlib.suppress(OSError, ValueError):
+        sock.settimeout(REFUSAL_WAIT)
+        line = LineReader(sock).read_line()
+        if line is not None:
+            reply = decode_line(line)
+            if "error" in reply:
+                return _error_from_reply(reply, op)
+    return None
 
 
 def _parse_reply(line: bytes, op: str) -> dict[str, Any]:
