@@ -505,7 +505,12 @@ class WindowedChannel(SocketChannel):
 def test_a_window_adjust_during_the_first_send_sends_nothing_twice(
         relay: Relay, local_server: tuple[str, int, Any]) -> None:
     """Regression: the window hook was installed before add() moved the first bytes, so the
-    relay thread resent them from the start while add() was still sending (upload corrupted)."""
+    relay thread resent them from the start while add() was still sending (upload corrupted).
+
+    Two things prevent it now, and this test fails only when both are undone (checked): add()
+    hooks the window after _prime, and the loop ignores a poke for a pair it has not taken in
+    yet. Reverting either one alone leaves the upload intact, so it pins the property — no
+    byte sent twice — not the hook's place."""
     closed: list[RelayStats] = []
     client, ours = socket.socketpair()
     payload = os.urandom(200_000) + b"\n"

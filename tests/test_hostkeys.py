@@ -182,7 +182,7 @@ def test_hashed_entry_in_the_user_known_hosts_is_honoured(bastion: Sandbox,
 
 
 def test_key_known_for_another_address_is_unknown_here(bastion: Sandbox, tmp_path: Path) -> None:
-    # a bastion without an Elastic IP changes address at each start: a key is per address
+    # ~/.ssh/known_hosts is read as OpenSSH reads it: a key belongs to its host:port entry
     user = tmp_path / "user_known_hosts"
     user.write_text(f"[{bastion.eip}]:{bastion.bastion_port + 1} "
                     f"{bastion.bastion_host_key_line}\n")

@@ -94,9 +94,13 @@ def test_every_address_is_loopback_and_the_vpc_is_shaped_like_production(sandbox
 
 
 def test_env_alone_sends_boto3_to_the_sandbox(sandbox: Sandbox) -> None:
-    # a developer's profile or EC2 endpoint override in the environment must not leak in
-    base = {**os.environ, "AWS_PROFILE": "someone-real",
-            "AWS_ENDPOINT_URL_EC2": "http://10.1.2.3:4566"}
+    # a developer's profile or EC2 endpoint override in the environment must not leak in. The
+    # override is a loopback port where nothing listens: the plain boto3 child has no loopback
+    # guard, so a leak must fail here (connection refused), never dial a real address
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nothing_there = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    base = {**os.environ, "AWS_PROFILE": "someone-real", "AWS_ENDPOINT_URL_EC2": nothing_there}
     script = ("import boto3; r = boto3.client('ec2').describe_instances("
               "Filters=[{'Name': 'tag:Name', 'Values': ['foo-bastion']}]); "
               "print(r['Reservations'][0]['Instances'][0]['InstanceId'])")
