@@ -30,6 +30,11 @@ class InstanceInfo:
 class Cloud(Protocol):
     """One profile's bastion instance in EC2."""
 
+    @property
+    def endpoint(self) -> str:
+        """Where the EC2 calls go (a URL), for messages about an endpoint that does not answer."""
+        ...
+
     def describe(self) -> InstanceInfo:
         """The bastion's current state (found by instance_id or by its Name tag)."""
         ...

@@ -65,7 +65,7 @@ class ProfileRuntime:
                          fixed_host=None if b.host == "auto" else b.host,
                          policy=IdlePolicy(b.idle_timeout, profile.warn_before, b.auto_stop),
                          timings=timings or timings_for(settings),
-                         endpoint=str(getattr(self.cloud, "endpoint", "the EC2 API")))
+                         endpoint=self.cloud.endpoint)
         self.state = lc.initial(setup, statefile.record(profile.name))
         self.ctx = f"[profile={profile.name}]"
         self.forwards: dict[str, Listener] = {}

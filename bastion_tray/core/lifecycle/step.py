@@ -152,7 +152,7 @@ def _on_tick(s: Lifecycle, ev: Tick, now: float) -> Result:
             return call_failed(replace(s, call=None), error, now)
         if silent >= t.api_slow and not call.slow_said:
             s = replace(s, call=replace(call, slow_said=True))
-            label = s.label or "waiting for the EC2 API"
+            label = "waiting for the EC2 API"  # a phase of its own: the CLI prints a line
             out += [Publish("progress", {"phase": label, "detail": "still waiting for the EC2 "
                                          f"API at {s.setup.endpoint}…"}),
                     Log("info", f"still waiting for the EC2 API at {s.setup.endpoint}")]
