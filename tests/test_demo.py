@@ -92,7 +92,10 @@ def test_demo_runs_headless_serves_a_query_and_leaves_nothing_behind(
             cur.execute("SELECT message FROM greetings")
             assert "hello" in str(cur.fetchone())
         conn.close()
-        read_until(proc, r"demo: running, ssh connected", 20)
+        # the tray's status line (core.status), logged on each change: starting, then running
+        # with SSH connected (no "SSH connecting" / "not connected" after "running")
+        seen = read_until(proc, r"demo: running · (\d+ connections?|stops in|idle,)", 20)
+        assert re.search(r"demo: starting… \d+ s", seen), seen
         started = descendants(proc.pid)  # moto, sshd and its sessions, MariaDB, the daemon
         assert any("moto" in cmd for cmd in started.values()), started
         assert any("daemon" in cmd for cmd in started.values()), started

@@ -1,5 +1,7 @@
-"""The tray without a display: the pure menu model for every state, the notices, the desktop
-commands; then each menu action against a real daemon in the sandbox VPC."""
+"""The tray without a display: the pure menu model for every state, fed replies recorded from
+the real daemon (tests/fixtures/status, kept in sync by tests/test_status_model.py), the
+desktop commands; then each menu action against a real daemon in the sandbox VPC. The
+notices are tests/test_notices.py's."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bastion_tray.core.paths import app_paths
+from bastion_tray.core.status import ProfileStatus, Status, status_line
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.ui import desktop
 from bastion_tray.ui.actions import ActionRunner, TrayHooks
@@ -21,34 +25,22 @@ from bastion_tray.ui.model import (
     IconState,
     Item,
     Separator,
-    aged,
-    any_starting,
     build_menu,
     find,
     icon_state,
-    status_line,
     tooltip,
 )
-from bastion_tray.ui.notices import Coalescer, Deduper, Notice, notice_for_event
+from bastion_tray.ui.notices import Notice, notice_for_event
+from tests.fixtures.statuses import profile
 from tests.support.app import App, alive, wait_until
 
 
-def snap(state: str = "stopped", *, ssh: str = "disconnected", listening: bool = False,
-         active: int = 0, **extra: Any) -> dict[str, Any]:
-    """One profile's status entry, shaped like ProfileRuntime.snapshot()."""
-    base: dict[str, Any] = {
-        "bastion": {"instance_id": "i-0abc", "state": state, "ssh": ssh,
-                    "host": "127.0.0.9:2222" if state == "running" else None},
-        "forwards": {"db": {"local": "127.0.0.1:13306", "listening": listening,
-                            "active_connections": active}},
-        "hosts": ["appserver"], "sessions": 0, "idle_seconds": None, "stops_in_seconds": None,
-        "auto_stop": True, "phase": None, "starting_for_seconds": None,
-        "started_by_daemon": False, "error": None}
-    return {**base, **extra}
+def of(**profiles: ProfileStatus) -> Status:
+    return Status(profiles=profiles)
 
 
-def menu_of(*profiles: tuple[str, dict[str, Any]], **kw: Any) -> tuple[Item | Separator, ...]:
-    return build_menu({"profiles": dict(profiles), "daemon": {"pid": 1}}, **kw)
+def menu_of(*profiles: tuple[str, ProfileStatus], **kw: Any) -> tuple[Item | Separator, ...]:
+    return build_menu(Status(profiles=dict(profiles)), **kw)
 
 
 def flags(menu: tuple[Item | Separator, ...], prefix: str) -> tuple[bool, bool | None]:
@@ -56,15 +48,13 @@ def flags(menu: tuple[Item | Separator, ...], prefix: str) -> tuple[bool, bool |
     return item.enabled, item.checked
 
 
-RUNNING = {"state": "running", "ssh": "connected", "listening": True}
-
-
 # ---- the menu model, state by state --------------------------------------------------------
 
 def test_stopped_profile_offers_connect_and_start_only() -> None:
-    menu = menu_of(("foo", snap()))
+    stopped = profile("stopped")
+    menu = menu_of(("foo", stopped))
     assert find(menu, "foo:").label == "foo: stopped" and not find(menu, "foo:").enabled
-    assert find(menu, "Connect db").label == "Connect db (127.0.0.1:13306)"
+    assert find(menu, "Connect db").label == f"Connect db ({stopped.forwards['db'].local})"
     assert find(menu, "Connect db").action == Action("connect", "foo", "db")
     assert flags(menu, "Connect db") == (True, False)
     assert flags(menu, "Start bastion") == (True, None)
@@ -73,80 +63,83 @@ def test_stopped_profile_offers_connect_and_start_only() -> None:
     shell = find(menu, "Open shell")
     assert shell.submenu == (Item("appserver", Action("shell", "foo", "appserver")),)
     assert find(menu, "Quit").label == "Quit" and find(menu, "Quit").action == Action("quit")
-    assert icon_state({"profiles": {"foo": snap()}}) is IconState.STOPPED
+    assert icon_state(of(foo=stopped)) is IconState.STOPPED
 
 
 def test_starting_profile_shows_seconds_and_phase_and_disables_connect() -> None:
-    s = snap("pending", starting_for_seconds=23.7, phase="waiting for SSH")
+    s = replace(profile("starting"), starting_for_seconds=23.7, phase="waiting for SSH")
     menu = menu_of(("foo", s))
     assert find(menu, "foo:").label == "foo: starting… 23 s · waiting for SSH"
     assert flags(menu, "Connect db")[0] is False
     assert flags(menu, "Start bastion")[0] is False
     assert flags(menu, "Stop bastion now")[0] is True
     assert flags(menu, "Keep running")[0] is False
-    assert icon_state({"profiles": {"foo": s}}) is IconState.STARTING
+    assert icon_state(of(foo=s)) is IconState.STARTING
+    assert icon_state(of(foo=profile("starting"))) is IconState.STARTING  # as recorded
 
 
 def test_ready_without_connections_counts_down_and_can_be_kept() -> None:
-    s = snap(**RUNNING, stops_in_seconds=1079.6, started_by_daemon=True)
+    s = replace(profile("ready"), stops_in_seconds=1079.6)
     menu = menu_of(("foo", s))
     assert find(menu, "foo:").label == "foo: running · stops in 18 min"
     assert flags(menu, "Connect db") == (True, True)
     assert flags(menu, "Start bastion")[0] is False
     assert flags(menu, "Stop bastion now")[0] is True
     assert flags(menu, "Keep running 1 h") == (True, None)
-    assert find(menu, "Quit").label == "Quit (stops the bastion of foo)"
-    assert icon_state({"profiles": {"foo": s}}) is IconState.READY
+    assert find(menu, "Quit").label == "Quit (stops the bastion of foo)"  # it started it
+    assert icon_state(of(foo=s)) is IconState.READY
+
+
+def test_the_idle_warning_shows_in_the_menu_and_the_tooltip() -> None:
+    s = replace(profile("ready"), stops_in_seconds=95.0)
+    menu = menu_of(("foo", s), warn_before={"foo": 120.0})
+    assert find(menu, "foo:").label == "foo: running · idle, stops in 2 min"
+    assert "foo: running · idle, stops in 2 min" in tooltip(of(foo=s), warn_before={"foo": 120})
+    assert find(menu_of(("foo", s)), "foo:").label == "foo: running · stops in 2 min"
 
 
 def test_ready_with_connections_counts_them_and_shows_connected() -> None:
-    s = snap(**{**RUNNING, "active": 2})
-    assert status_line("foo", s) == "foo: running · 2 connections"
-    assert status_line("foo", {**s, "sessions": 1}) == "foo: running · 3 connections"
-    assert icon_state({"profiles": {"foo": s}}) is IconState.CONNECTED
-
-
-@pytest.mark.parametrize(("stops_in", "text"), [
-    (119.2, "stops in 2 min"), (45.0, "stops in 45 s"), (0.4, "stops in 1 s"),
-    (3700.0, "stops in 1 h 2 min"), (7200.0, "stops in 2 h")])
-def test_idle_countdown_wording(stops_in: float, text: str) -> None:
-    assert status_line("foo", snap(**RUNNING, stops_in_seconds=stops_in)) == \
-        f"foo: running · {text}"
+    s = profile("connected")
+    assert status_line("foo", s) == "foo: running · 1 connection"
+    assert status_line("foo", replace(s, sessions=2)) == "foo: running · 3 connections"
+    assert icon_state(of(foo=s)) is IconState.CONNECTED
+    assert find(menu_of(("foo", s)), "foo:").label == "foo: running · 1 connection"
 
 
 def test_running_without_auto_stop_cannot_be_kept() -> None:
-    s = snap(**RUNNING, auto_stop=False)
+    s = profile("auto_stop_off")
     assert status_line("foo", s) == "foo: running · auto-stop off"
     assert flags(menu_of(("foo", s)), "Keep running")[0] is False
-    assert status_line("foo", snap("running")) == "foo: running · not connected"
+    lost = replace(s, bastion=replace(s.bastion, ssh="disconnected"))
+    assert status_line("foo", lost) == "foo: running · not connected · auto-stop off"
 
 
 def test_error_shows_a_short_reason_and_allows_a_retry() -> None:
-    message = ("the bastion 127.0.0.9:2222 presents an unknown host key SHA256:Zm9vYmFyYmF6"
-               "cXV4 that is in no known_hosts file")
-    s = snap("running", error={"kind": "host_key", "message": message,
-                               "hint": "verify it, then run: bastion-tray trust foo"})
+    s = profile("host_key_error")
     line = status_line("foo", s)
-    assert line.startswith("foo: error — the bastion 127.0.0.9:2222 presents") and \
+    assert s.error is not None and s.error.kind == "host_key"
+    assert line.startswith("foo: error — unknown host key for bastion ") and \
         line.endswith("…") and len(line) < 80
     assert flags(menu_of(("foo", s)), "Start bastion")[0] is True
-    assert icon_state({"profiles": {"foo": s, "bar": snap(**RUNNING)}}) is IconState.ERROR
+    assert icon_state(of(foo=s, bar=profile("ready"))) is IconState.ERROR
 
 
 def test_several_profiles_get_a_submenu_each_labelled_with_its_status() -> None:
-    menu = menu_of(("foo", snap(**RUNNING, stops_in_seconds=600, started_by_daemon=True)),
-                   ("bar", snap(started_by_daemon=True)))
+    menu = menu_of(("foo", replace(profile("ready"), stops_in_seconds=600)),
+                   ("bar", replace(profile("stopped"), started_by_daemon=True)))
     heads = [e for e in menu if isinstance(e, Item) and e.submenu]
     assert [h.label for h in heads] == ["bar: stopped", "foo: running · stops in 10 min"]
     assert find(heads[0].submenu or (), "Connect db").action == Action("connect", "bar", "db")
     assert find(heads[1].submenu or (), "Stop bastion now").enabled
     assert find(menu, "Quit").label == "Quit (stops the bastion of foo)"
-    s = snap(**RUNNING, started_by_daemon=True)
+    s = profile("ready")
     assert find(menu_of(("a", s), ("b", s)), "Quit").label == "Quit (stops the bastions of a, b)"
+    assert find(menu_of(("a", profile("auto_stop_off"))), "Quit").label == \
+        "Quit (closes the forwards)"
 
 
 def test_daemon_gone_disables_what_needs_it_and_says_so() -> None:
-    status = {"profiles": {"foo": snap(**RUNNING)}}
+    status = of(foo=profile("ready"))
     menu = build_menu(status, connected=False)
     assert menu[0] == Item("Daemon not running — reconnecting…", enabled=False)
     assert flags(menu, "Connect db")[0] is False and flags(menu, "Stop bastion now")[0] is False
@@ -159,21 +152,19 @@ def test_daemon_gone_disables_what_needs_it_and_says_so() -> None:
 
 
 def test_between_heartbeats_the_menu_ages_the_status_it_has() -> None:
-    status = {"profiles": {"foo": snap("pending", starting_for_seconds=3.2),
-                           "bar": snap(**RUNNING, stops_in_seconds=55.0)}}
-    later = aged(status, 10.0)
-    assert later is not None and any_starting(later) and not any_starting({"profiles": {}})
-    assert status_line("foo", later["profiles"]["foo"]) == "foo: starting… 13 s"
-    assert status_line("bar", later["profiles"]["bar"]) == "bar: running · stops in 45 s"
-    assert status["profiles"]["foo"]["starting_for_seconds"] == 3.2  # not changed in place
+    status = of(foo=replace(profile("starting"), starting_for_seconds=3.2, phase=None),
+                bar=replace(profile("ready"), stops_in_seconds=55.0))
+    later = status.aged(10.0)
+    assert status_line("foo", later.profiles["foo"]) == "foo: starting… 13 s"
+    assert status_line("bar", later.profiles["bar"]) == "bar: running · stops in 45 s"
 
 
 def test_without_notifications_the_last_notice_is_a_menu_line() -> None:
     notice = Notice("foo: idle", "foo stops in 2 min — choose Keep running to stay").line
-    menu = menu_of(("foo", snap(**RUNNING)), notice=notice)
+    menu = menu_of(("foo", profile("ready")), notice=notice)
     assert menu[0] == Item("foo: idle: foo stops in 2 min — choose Keep running to stay",
                            enabled=False)
-    assert notice in tooltip({"profiles": {"foo": snap()}}, notice=notice)
+    assert notice in tooltip(of(foo=profile("stopped")), notice=notice)
 
 
 def test_the_pystray_adapter_keeps_labels_flags_and_actions(
@@ -184,7 +175,7 @@ def test_the_pystray_adapter_keeps_labels_flags_and_actions(
     from bastion_tray.ui.tray import to_pystray
 
     chosen: list[Action] = []
-    model = menu_of(("foo", snap(**RUNNING)))
+    model = menu_of(("foo", profile("ready")))
     menu = to_pystray(pystray, model, chosen.append)
     items = list(menu.items)
     assert [i.text for i in items if i is not pystray.Menu.SEPARATOR] == \
@@ -211,48 +202,6 @@ def test_the_tray_without_a_display_says_what_it_needs(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "no graphical session" in proc.stderr and "DISPLAY" in proc.stderr
     assert not (tmp_path / "home" / "run" / "daemon.pid").exists()  # no daemon for nothing
-
-
-# ---- notices -------------------------------------------------------------------------------
-
-def test_notices_for_the_events_that_deserve_one() -> None:
-    ready = notice_for_event({"type": "ready", "profile": "foo", "seconds": 12.34,
-                              "host": "127.0.0.9:2222"})
-    assert ready == Notice("foo: bastion ready", "ready in 12.3 s (127.0.0.9:2222)")
-    warn = notice_for_event({"type": "warn", "profile": "foo", "stops_in": 120})
-    assert warn is not None and warn.message == \
-        "foo stops in 2 min — choose Keep running to stay"
-    stopped = notice_for_event({"type": "stopped", "profile": "foo", "state": "stopped",
-                                "reason": "idle 30m, no connections"})
-    assert stopped is not None and "idle 30m" in stopped.message
-    sso = notice_for_event({"type": "error", "profile": "foo", "kind": "credentials",
-                            "message": "the SSO session of profile foo has expired",
-                            "hint": "run: aws sso login --profile foo"})
-    assert sso is not None and sso.message.endswith("→ run: aws sso login --profile foo")
-    for quiet in ("heartbeat", "changed", "progress", "forward", "instance"):
-        assert notice_for_event({"type": quiet, "profile": "foo"}) is None
-
-
-def test_a_notice_repeated_within_the_window_is_dropped() -> None:
-    now = [0.0]
-    dedupe = Deduper(window=10, clock=lambda: now[0])
-    assert dedupe.fresh(Notice("foo: error", "boom\n→ fix it"))
-    assert not dedupe.fresh(Notice("foo: connect failed", "boom\n→ fix it"))
-    now[0] = 11.0
-    assert dedupe.fresh(Notice("foo: error", "boom"))
-
-
-def test_notices_arriving_together_become_one() -> None:
-    now = [0.0]
-    coalesce = Coalescer(window=5, clock=lambda: now[0])
-    ready = Notice("foo: bastion ready", "ready in 1.8 s (127.0.0.9:2222)")
-    assert coalesce.combine(ready) == ready
-    now[0] = 0.3
-    assert coalesce.combine(Notice("foo: db connected", "db is ready at 127.0.0.1:13306")) == \
-        Notice("foo: bastion ready · db connected",
-               "ready in 1.8 s (127.0.0.9:2222)\ndb is ready at 127.0.0.1:13306")
-    now[0] = 60.0
-    assert coalesce.combine(Notice("bar: idle", "x")) == Notice("bar: idle", "x")
 
 
 # ---- desktop commands ------------------------------------------------------------------------
@@ -327,9 +276,9 @@ def test_connect_keep_stop_start_reach_the_daemon(tray_env: Any) -> None:
     status = app.status()
     assert status["forwards"]["db"]["listening"] and status["bastion"]["state"] == "running"
     assert status["bastion"]["ssh"] == "connected"
-    assert notices[-1].title == "foo: db connected"
+    assert notices[-1].title == "foo: db connected" and notices[-1].icon is IconState.CONNECTED
     assert status["forwards"]["db"]["local"] in notices[-1].message
-    menu = build_menu({"profiles": {"foo": status}})
+    menu = build_menu(Status.from_json({"profiles": {"foo": status}}))
     assert flags(menu, "Connect db") == (True, True)
     assert find(menu, "foo:").label.startswith("foo: running · stops in 5 min")
 
@@ -353,7 +302,7 @@ def test_unknown_host_key_notifies_the_trust_command(fresh_sandbox: Sandbox,
         notices: list[Notice] = []
         ActionRunner(app.config, app_paths(), TrayHooks(notify=notices.append)).run(
             Action("connect", "foo", "db"))
-        assert notices[-1].title == "foo: connect failed"
+        assert notices[-1].title == "foo: connect failed" and notices[-1].icon is IconState.ERROR
         assert "bastion-tray trust foo" in notices[-1].message, notices
         assert app.status()["error"]["kind"] == "host_key"
     finally:
@@ -366,8 +315,8 @@ def test_desktop_actions_run_the_right_programs(tray_env: Any) -> None:
     for tool in ("term", "xdg-open"):  # one line per call, arguments split by \037
         stub(stubs, tool, f"printf '%s\\037' \"$@\" >> {record}; echo >> {record}")
     stub(stubs, "xclip", f"cat > {stubs / 'clipboard'}")
-    from bastion_tray.cli.commands.ssh_config import blocks
     from bastion_tray.core.config import load_config
+    from bastion_tray.service.sshconfig import ssh_config_blocks
 
     config = load_config(app.config)
     runner.run(Action("shell", "foo", "appserver"))
@@ -380,14 +329,15 @@ def test_desktop_actions_run_the_right_programs(tray_env: Any) -> None:
                             str(app.config.resolve()), "shell", "foo", "appserver"]
     shown = runner.ssh_config_file("foo")
     assert calls[1:] == [[str(shown)], [str(app.config)]]
-    assert shown.read_text() == blocks(config, config.profile("foo")) == \
+    assert shown.read_text() == ssh_config_blocks(config, config.profile("foo")) == \
         (stubs / "clipboard").read_text()
     assert [n.title for n in notices] == ["foo: ssh config copied"]
 
     stub(stubs, "xdg-open", "echo 'xdg-open: no method available for opening it' >&2; exit 3")
     runner.run(Action("open-config"))
     assert notices[-1] == Notice("open config file failed", "xdg-open failed (exit 3): "
-                                 "xdg-open: no method available for opening it")
+                                 "xdg-open: no method available for opening it",
+                                 IconState.ERROR)
 
 
 def test_quit_shuts_the_daemon_down_and_it_stops_the_bastion_it_started(tray_env: Any) -> None:
@@ -407,15 +357,15 @@ def test_quit_shuts_the_daemon_down_and_it_stops_the_bastion_it_started(tray_env
 
 
 def test_the_watcher_follows_events_and_survives_a_daemon_crash(tray_env: Any) -> None:
-    from bastion_tray.cli import session
     from bastion_tray.core.config import load_config
+    from bastion_tray.service.clientside import connect
     from bastion_tray.ui.watch import StatusWatcher
 
     app, runner, _, _ = tray_env
     config = load_config(app.config)
     seen: list[tuple[bool, IconState]] = []
     events: list[dict[str, Any]] = []
-    watcher = StatusWatcher(lambda: session.connect(config, app_paths()),
+    watcher = StatusWatcher(lambda: connect(config, app_paths()),
                             lambda s, ok, _why: seen.append((ok, icon_state(s, ok))),
                             events.append, first_retry=0.2)
     with watcher:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageStat
 
+from bastion_tray.core.status import Status
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.ui import icons
 from bastion_tray.ui.model import IconState, Item, build_menu
@@ -124,9 +125,9 @@ def open_menu(xs: XSession, tmp_path: Path) -> Window:
 
 def choose(xs: XSession, snapshot: dict[str, Any], label: str) -> None:
     """Pick `label` in the open menu by keyboard: GTK skips disabled items, so it is the
-    n-th enabled item of the model the tray built from the same status."""
-    enabled = [e.label for e in build_menu({"profiles": {"foo": snapshot}})
-               if isinstance(e, Item) and e.enabled]
+    n-th enabled item of the model the tray built from the same (real) status."""
+    status = Status.from_json({"profiles": {"foo": snapshot}})
+    enabled = [e.label for e in build_menu(status) if isinstance(e, Item) and e.enabled]
     index = next(i for i, text in enumerate(enabled) if text.startswith(label))
     xs.xdotool("key", *["Down"] * (index + 1), "Return")
 
@@ -187,21 +188,18 @@ def test_right_click_connect_db_opens_the_forward_and_notifies(
         assert status["bastion"]["host"] == app.sandbox.bastion_host
 
         local = status["forwards"]["db"]["local"]
-
-        def notified() -> str | None:
-            xsession.run(["dunstctl", "close-all"])  # shown ones move to the history
-            texts = "\n".join(f"{n.get('summary')}: {n.get('body')}"
-                              for n in xsession.notifications())
-            return texts if "bastion ready" in texts and local in texts else None
-
-        # "bastion ready in 1.8 s" (the daemon's event) and "db is ready at 127.0.0.1:…"
-        # (the menu action's answer), shown as one notification when they come together
+        # the daemon's "bastion ready in 1.8 s" and the menu action's "db is ready at
+        # 127.0.0.1:…" come within milliseconds, in either order (issue 8 item 7: dunst once
+        # held only one): each must be a notification of its own, with its own icon
         try:
-            texts = wait_until(notified, 15, "the ready notifications in dunst's history")
-        except AssertionError:
-            raise AssertionError(f"dunst history: {xsession.notifications()}\n"
-                                 f"tray: {tray.output()}") from None
-        assert "ready in" in texts, texts
+            ready, db = xsession.wait_for_notifications(
+                [("foo: bastion ready", "ready in"), ("foo: db connected", local)], 15)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\ntray: {tray.output()}") from None
+        assert ready["id"] != db["id"], (ready, db)
+        assert Path(str(ready["icon_path"])).name.startswith("tray-ready-"), ready
+        assert Path(str(db["icon_path"])).name.startswith("tray-connected-"), db
+        assert ready["appname"] == db["appname"] == "bastion-tray"
 
         wait_until(lambda: shown_state(xsession, icon, tmp_path / "icon.png")
                    is IconState.READY, 15, "the icon to show the ready bastion")

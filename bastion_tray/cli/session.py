@@ -1,15 +1,21 @@
-"""What every client command shares: the config, the daemon (spawned when none runs), progress."""
+"""What every client command shares: the config, the daemon (spawned when none runs), progress.
+
+Starting and reaching the daemon live in service/clientside.py, below the CLI and the tray."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from bastion_tray.core.config import Config, Profile
-from bastion_tray.core.paths import AppPaths, app_paths, config_path, ensure_private_dir
+from bastion_tray.core.paths import config_path
+
+# the daemon's side of every client, shared with the tray and the demo (re-exported for the
+# commands, which all say `session.connect(...)`)
+from bastion_tray.service.clientside import connect as connect
+from bastion_tray.service.clientside import proxy_command as proxy_command
 
 if TYPE_CHECKING:
     from bastion_tray.service.control_client import ControlClient
@@ -20,21 +26,6 @@ def load(args: argparse.Namespace) -> Config:
 
     path, source = config_path(args.config)
     return load_config(path, source)
-
-
-def daemon_argv(config: Config) -> list[str]:
-    """How to start the daemon: this interpreter, this package, this config file."""
-    return [sys.executable, "-m", "bastion_tray", "--config", str(config.path.resolve()),
-            "daemon"]
-
-
-def connect(config: Config, paths: AppPaths | None = None) -> ControlClient:
-    """A client of the running daemon, starting one in the background when none answers."""
-    from bastion_tray.service.spawn import ensure_daemon
-
-    paths = paths or app_paths()
-    ensure_private_dir(paths.log_dir)
-    return ensure_daemon(paths, argv=daemon_argv(config), log_path=paths.daemon_log)
 
 
 def profile_arg(config: Config, name: str) -> Profile:
@@ -89,16 +80,3 @@ class ProgressPrinter:
         if message:
             self.stream.write(message + "\n")
         self.stream.flush()
-
-
-def proxy_command(config: Config, profile: str, target: str = "%h %p") -> str:
-    """The ProxyCommand line that sends ssh through the daemon (for ssh-config and shell)."""
-    import shlex
-
-    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
-           if k in ("BASTION_TRAY_HOME", "BASTION_TRAY_LOOPBACK_ONLY")]
-    prefix = (["env", *env] if env and os.name != "nt" else [])
-    argv = [*prefix, sys.executable, "-m", "bastion_tray", "--config",
-            str(config.path.resolve()), "proxy", profile]
-    return " ".join(shlex.quote(a) if not a.startswith(("BASTION_TRAY_",)) else a
-                    for a in argv) + f" {target}"

@@ -3,8 +3,9 @@
 A throwaway BASTION_TRAY_HOME holds a generated profile `demo` (short idle timeout) aimed at
 the sandbox: a stopped bastion that boots a few seconds after it is started, an app server and
 MariaDB as "RDS". The daemon and — where there is a display — the tray run as they would for a
-user; without a display a live status line stands in for the tray. Ctrl-C (or SIGTERM) tears
-everything down and leaves no process behind.
+user (the tray as a process of its own: the sandbox never imports the UI); without a display
+a live status line stands in for the tray, the same line the tray and `bastion-tray status`
+show. Ctrl-C (or SIGTERM) tears everything down and leaves no process behind.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from bastion_tray.core.durations import format_duration
 from bastion_tray.core.netguard import ENV as LOOPBACK_ENV
 from bastion_tray.core.netguard import install_audit_guard, is_loopback
+from bastion_tray.core.status import ProfileStatus, Status, status_line
 
 PROFILE = "demo"
+WARN_BEFORE = 20.0  # the demo profile's warn_before, in seconds
 
 
 def has_display() -> bool:
@@ -87,7 +89,7 @@ class Demo:
                  f"{sb.bastion_instance_id} is stopped, Elastic IP {sb.eip}")
         self.db_port = 13306 if _port_free(13306) else sb.db_forward_port
         config = sb.write_config(self.home / "config.toml", idle_timeout=self.idle_timeout,
-                                 warn_before="20s", db_local_port=self.db_port,
+                                 warn_before=f"{WARN_BEFORE:g}s", db_local_port=self.db_port,
                                  profile=PROFILE)
         known_hosts = self.home / "state" / "known_hosts"
         known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -101,16 +103,18 @@ class Demo:
             del os.environ[key]
         self._start_daemon(config)
         if with_tray:
+            from bastion_tray.service.clientside import tray_argv
+
             self.tray = subprocess.Popen(
-                [sys.executable, "-m", "bastion_tray", "tray"], env=self.env,
+                tray_argv(config), env=self.env,
                 start_new_session=True, stdout=subprocess.DEVNULL,
                 stderr=(self.home / "tray.log").open("ab"))
         self._print_guide(config)
 
     def _start_daemon(self, config: Path) -> None:
-        from bastion_tray.cli.session import daemon_argv
         from bastion_tray.core.config import load_config
         from bastion_tray.core.paths import app_paths, ensure_private_dir
+        from bastion_tray.service.clientside import daemon_argv
         from bastion_tray.service.spawn import ensure_daemon
 
         paths = app_paths(self.env)
@@ -176,12 +180,12 @@ Press Ctrl-C to stop the demo; it takes everything down with it.
                               capture_output=True, text=True, timeout=60)
         return proc.stdout
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ProfileStatus:
         from bastion_tray.core.paths import app_paths
         from bastion_tray.service.control_client import ControlClient
 
         with ControlClient.connect(app_paths(self.env)) as client:
-            return client.request("status")["profiles"][PROFILE]  # type: ignore[no-any-return]
+            return Status.from_json(client.request("status")).profiles[PROFILE]
 
     def close(self) -> None:
         if self.tray is not None and self.tray.poll() is None:
@@ -216,36 +220,30 @@ def _shutdown_daemon(env: dict[str, str]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def status_line(p: dict[str, Any]) -> str:
-    b = p["bastion"]
-    line = f"{PROFILE}: {b['state']}, ssh {b['ssh']}"
-    if p.get("phase"):
-        line += f" — {p['phase']}…"
-    active = sum(f["active_connections"] for f in p["forwards"].values()) + p["sessions"]
-    if active:
-        line += f" · {active} connection{'s' if active > 1 else ''}"
-    elif p.get("stops_in_seconds") is not None:
-        line += f" · stops in {format_duration(p['stops_in_seconds'])}"
-    if p.get("error"):
-        line += f" · error: {p['error']['message'][:60]}"
-    return line
+def gist(p: ProfileStatus) -> tuple[object, ...]:
+    """What the status line says, minus its clocks: a change here is worth a new log line."""
+    countdown = p.stops_in_seconds
+    return (p.bastion.state, p.bastion.ssh, p.phase, p.starting, p.connections,
+            countdown is not None, countdown is not None and countdown <= WARN_BEFORE, p.error)
 
 
 def run_headless(demo: Demo, stop: threading.Event, tty: bool,
                  sleep: Callable[[float], bool]) -> None:
     """The live status line that stands in for the tray without a display."""
-    last = ""
+    last: object = None
     while not stop.is_set():
+        now: object
         try:
-            line = status_line(demo.status())
+            p = demo.status()
+            line, now = status_line(PROFILE, p, warn_before=WARN_BEFORE), gist(p)
         except Exception as exc:  # the daemon restarting: say so, keep going
-            line = f"{PROFILE}: daemon not answering ({exc})"
+            line = now = f"{PROFILE}: daemon not answering ({exc})"
         if tty:
             demo.out.write("\r\033[K" + line)
             demo.out.flush()
-        elif line.split(" · stops in")[0] != last:  # a log, not a ticker: changes only
+        elif now != last:  # a log, not a ticker: changes only
             demo.say(line)
-        last = line.split(" · stops in")[0]
+        last = now
         sleep(1.0)
 
 

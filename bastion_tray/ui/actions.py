@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from bastion_tray.core.errors import BastionTrayError, UsageError
 from bastion_tray.core.paths import AppPaths, ensure_private_dir
+from bastion_tray.core.status import ProfileStatus, human_duration
 from bastion_tray.ui import desktop
-from bastion_tray.ui.model import KEEP_DURATION, Action
+from bastion_tray.ui.model import KEEP_DURATION, Action, IconState
 from bastion_tray.ui.notices import Notice, error_text
 
 if TYPE_CHECKING:
@@ -73,10 +74,12 @@ class ActionRunner:
             notice = self.perform(action)
         except BastionTrayError as exc:
             log.warning("%s failed: %s", action, exc)
-            notice = Notice(self._failed_title(action), error_text(exc.message, exc.hint))
+            notice = Notice(self._failed_title(action), error_text(exc.message, exc.hint),
+                            IconState.ERROR)
         except Exception as exc:  # a bug must not kill the tray; say so and log it
             log.exception("%s crashed", action)
-            notice = Notice(self._failed_title(action), f"internal error: {exc!r}")
+            notice = Notice(self._failed_title(action), f"internal error: {exc!r}",
+                            IconState.ERROR)
         if notice is not None:
             self.hooks.notify(notice)
         return notice
@@ -95,7 +98,7 @@ class ActionRunner:
         with self._connect() as client:
             reply = client.request("connect", profile=a.profile, forward=a.target)
         return Notice(f"{a.profile}: {a.target} connected",
-                      f"{a.target} is ready at {reply.get('local')}")
+                      f"{a.target} is ready at {reply.get('local')}", IconState.CONNECTED)
 
     def _op_start(self, a: Action) -> None:
         with self._connect() as client:  # the daemon's `ready` event carries the news
@@ -107,13 +110,12 @@ class ActionRunner:
 
     def _op_keep(self, a: Action) -> Notice:
         with self._connect() as client:
-            snap = client.request("keep", profile=a.profile, duration=KEEP_DURATION)
-        stops = snap.get("stops_in_seconds")
-        from bastion_tray.ui.model import human_duration
-
+            reply = client.request("keep", profile=a.profile, duration=KEEP_DURATION)
+        stops = ProfileStatus.from_json(reply, "keep reply").stops_in_seconds
         return Notice(f"{a.profile}: kept running",
                       "no idle stop for the next hour" +
-                      (f" (stops in {human_duration(float(stops))} if idle)" if stops else ""))
+                      (f" (stops in {human_duration(stops)} if idle)" if stops else ""),
+                      IconState.READY)
 
     def _op_shell(self, a: Action) -> None:
         config = self._config()
@@ -123,10 +125,10 @@ class ActionRunner:
         desktop.spawn(argv)
 
     def _ssh_config_text(self, a: Action) -> str:
-        from bastion_tray.cli.commands.ssh_config import blocks
+        from bastion_tray.service.sshconfig import ssh_config_blocks
 
         config = self._config()
-        return blocks(config, config.profile(str(a.profile)))
+        return ssh_config_blocks(config, config.profile(str(a.profile)))
 
     def _op_copy_ssh_config(self, a: Action) -> Notice:
         how = desktop.copy_text(self._ssh_config_text(a), self.hooks.clipboard)
@@ -185,9 +187,9 @@ class ActionRunner:
         return load_config(self.config_path)
 
     def _spawn_or_connect(self) -> ControlClient:
-        from bastion_tray.cli import session
+        from bastion_tray.service.clientside import connect
 
-        return session.connect(self._config(), self.paths)
+        return connect(self._config(), self.paths)
 
     @staticmethod
     def _failed_title(action: Action) -> str:

@@ -16,18 +16,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from bastion_tray.core.errors import UsageError
+from bastion_tray.service.clientside import tray_argv as tray_argv  # what the login item runs
 
 APP_ID = "bastion-tray"
 LAUNCHD_LABEL = "io.github.bastion-tray"
 CARRIED_ENV = ("BASTION_TRAY_HOME",)  # what the login session must also know to find our files
-
-
-def tray_argv(config_path: Path, platform: str = sys.platform) -> list[str]:
-    """This interpreter (its windowless twin on Windows), this package, this config file."""
-    python = Path(sys.executable)
-    if platform == "win32" and (python.parent / "pythonw.exe").exists():
-        python = python.parent / "pythonw.exe"
-    return [str(python), "-m", "bastion_tray", "--config", str(config_path.resolve()), "tray"]
 
 
 def carried_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

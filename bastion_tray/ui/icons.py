@@ -6,6 +6,7 @@ import functools
 import io
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bastion_tray.ui.model import IconState
@@ -46,3 +47,16 @@ def load(state: IconState, size: int | None = None, template: bool | None = None
     image = PILImage.open(io.BytesIO(icon_bytes(state, nearest, template)))
     image.load()
     return image.convert("RGBA")
+
+
+def icon_file(state: IconState, directory: Path, size: int = 64) -> Path:
+    """A PNG file of `state`'s icon, for what wants a path (a desktop notification's icon):
+    the packaged file itself when it is on disk, else a copy written into `directory`."""
+    packaged = resources.files(PACKAGE) / FOLDER / file_name(state, size)
+    if isinstance(packaged, Path) and packaged.is_file():
+        return packaged
+    copy = directory / file_name(state, size)
+    if not copy.exists():
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        copy.write_bytes(packaged.read_bytes())
+    return copy

@@ -1,19 +1,27 @@
-"""Which daemon events become notifications, and their words. Pure: event in, Notice out."""
+"""Which daemon events become notifications, their words and icons, and the way every
+notice reaches the user: in order, exact repeats dropped, none lost.
+
+Pure: event in, Notice out; the `Outbox` takes the sinks (desktop notifications, pystray's
+one-at-a-time balloon, the menu line) and a clock from the tray.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from bastion_tray.ui.model import human_duration
+from bastion_tray.core.status import human_duration
+from bastion_tray.ui.model import IconState
 
 
 @dataclass(frozen=True)
 class Notice:
-    title: str
+    title: str  # "<profile>: <what happened>"
     message: str
+    icon: IconState | None = None  # its own icon; None: whatever the tray shows now
 
     @property
     def line(self) -> str:
@@ -34,59 +42,116 @@ def notice_for_event(event: Mapping[str, Any]) -> Notice | None:
         took = event.get("seconds")
         took_text = f" in {float(took):.1f} s" if isinstance(took, int | float) else ""
         where = f" ({event['host']})" if event.get("host") else ""
-        return Notice(f"{profile}: bastion ready", f"ready{took_text}{where}")
+        return Notice(f"{profile}: bastion ready", f"ready{took_text}{where}", IconState.READY)
     if kind == "warn":
         stops_in = float(event.get("stops_in") or 0)
         return Notice(f"{profile}: idle",
                       f"{profile} stops in {human_duration(stops_in)} — "
-                      "choose Keep running to stay")
+                      "choose Keep running to stay", IconState.STARTING)  # amber: look here
     if kind == "stopped":
         reason = str(event.get("reason") or "")
         return Notice(f"{profile}: bastion stopped",
-                      f"{event.get('state') or 'stopped'}" + (f" ({reason})" if reason else ""))
+                      f"{event.get('state') or 'stopped'}" + (f" ({reason})" if reason else ""),
+                      IconState.STOPPED)
     if kind == "error":
         return Notice(f"{profile}: error", error_text(str(event.get("message") or ""),
-                                                      event.get("hint")))
+                                                      event.get("hint")), IconState.ERROR)
     if kind == "disconnected":
         return Notice(f"{profile}: SSH link lost",
-                      f"{event.get('reason') or 'connection closed'}; reconnecting when needed")
+                      f"{event.get('reason') or 'connection closed'}; reconnecting when needed",
+                      IconState.OFFLINE)
     return None
 
 
+def _profile_of(notice: Notice) -> str:
+    return notice.title.split(": ", 1)[0] if ": " in notice.title else ""
+
+
 class Deduper:
-    """Drops a notice whose text was shown moments ago: an action that fails also makes the
-    daemon publish an `error` event, and the user should read the reason once."""
+    """Drops an exact repeat: the same text for the same profile, shown moments ago. A failed
+    action also makes the daemon publish an `error` event with the very same message and
+    hint; the user should read it once. Anything that differs in a word is shown."""
 
     def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window, self.clock = window, clock
-        self._seen: dict[str, float] = {}
+        self._seen: dict[tuple[str, str], float] = {}
 
     def fresh(self, notice: Notice) -> bool:
         now = self.clock()
         self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
-        key = notice.message.split("\n→", 1)[0]
+        key = (_profile_of(notice), notice.message)
         if key in self._seen:
             return False
         self._seen[key] = now
         return True
 
 
+_MERGED_ICON = [IconState.ERROR, IconState.OFFLINE]  # what a merged notice must not hide
+
+
+def merge(shown: Notice, new: Notice) -> Notice:
+    """One notice that says both: titles joined (the profile once), messages one per line."""
+    prefix = _profile_of(shown) + ": "
+    more = new.title[len(prefix):] if new.title.startswith(prefix) else new.title
+    icon = next((i for i in _MERGED_ICON if i in (shown.icon, new.icon)), new.icon or shown.icon)
+    return Notice(f"{shown.title} · {more}", f"{shown.message}\n{new.message}", icon)
+
+
 class Coalescer:
-    """Merges a notice into the one shown moments before. Backends show one notification at
-    a time (pystray replaces its last), so "bastion ready in 3 s" and "db connected", which
-    arrive together, would otherwise lose the first."""
+    """For a sink that shows one notification at a time (pystray replaces its last one, the
+    menu has one line): a notice that arrives while the last is still fresh is merged into
+    it, so "bastion ready in 3 s" and "db connected", which come together, are both read."""
 
     def __init__(self, window: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window, self.clock = window, clock
         self._last: tuple[Notice, float] | None = None
 
-    def combine(self, notice: Notice) -> Notice:
-        now = self.clock()
-        if self._last is not None and now - self._last[1] < self.window:
-            shown = self._last[0]
-            prefix = shown.title.split(": ", 1)[0] + ": "
-            more = notice.title[len(prefix):] if notice.title.startswith(prefix) else \
-                notice.title
-            notice = Notice(f"{shown.title} · {more}", f"{shown.message}\n{notice.message}")
-        self._last = (notice, now)
+    def merged(self, notice: Notice) -> Notice:
+        """What showing `notice` now must show (nothing is recorded yet)."""
+        if self._last is not None and self.clock() - self._last[1] < self.window:
+            return merge(self._last[0], notice)
         return notice
+
+    def record(self, shown: Notice) -> None:
+        self._last = (shown, self.clock())
+
+
+class Sink(Protocol):
+    """Somewhere a notice can be shown. `replaces`: it shows one at a time."""
+
+    replaces: bool
+
+    def show(self, notice: Notice) -> bool:
+        """Show it; False when this sink cannot (the next one is tried)."""
+        ...
+
+
+class Outbox:
+    """Every notice the tray shows goes through here, one at a time and in the order they
+    arrive (from the action threads and the daemon's event stream): exact repeats are
+    dropped, then the first sink that can show it does. A sink that shows one notification
+    at a time gets notices merged (`Coalescer`), so a second notice never hides the first."""
+
+    def __init__(self, sinks: Sequence[Sink], *, dedupe: Deduper | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 merge_window: float = 5.0) -> None:
+        self.sinks = list(sinks)
+        self.dedupe = dedupe or Deduper(clock=clock)
+        self._coalescers = {id(s): Coalescer(merge_window, clock) for s in self.sinks}
+        self._lock = threading.Lock()
+
+    def post(self, notice: Notice) -> Notice | None:
+        """Show `notice`; returns what was shown (merged, maybe), None for a repeat or when
+        no sink could show it."""
+        with self._lock:
+            if not self.dedupe.fresh(notice):
+                return None
+            for sink in self.sinks:
+                coalescer = self._coalescers[id(sink)]
+                shown = coalescer.merged(notice) if sink.replaces else notice
+                if sink.show(shown):
+                    if sink.replaces:
+                        coalescer.record(shown)
+                    return shown
+            return None
+

@@ -1,8 +1,9 @@
 """The tray: one pystray icon whose image, title and menu follow the daemon's status.
 
 Thin by design: the menu comes from `model.build_menu` (pure), actions from `ActionRunner`
-(worker threads), status from `StatusWatcher` (a `subscribe` stream). This module only turns
-the model into pystray objects, pushes updates to the icon and shows notifications.
+(worker threads), status from `StatusWatcher` (a `subscribe` stream), notifications go through
+`notices.Outbox`. This module only turns the model into pystray objects, pushes updates to the
+icon and picks where notifications are shown.
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion_tray.core.paths import AppPaths
+from bastion_tray.core.status import Status
 from bastion_tray.ui import icons
 from bastion_tray.ui.actions import ActionRunner, TrayHooks
-from bastion_tray.ui.backend import Backend
+from bastion_tray.ui.backend import GLIB_BACKENDS, Backend
 from bastion_tray.ui.model import (
     Action,
     Entry,
     IconState,
     Item,
-    aged,
-    any_starting,
+    WarnBefore,
     build_menu,
     icon_state,
     tooltip,
 )
-from bastion_tray.ui.notices import Coalescer, Deduper, Notice, notice_for_event
-from bastion_tray.ui.watch import Status, StatusWatcher
+from bastion_tray.ui.notices import Notice, Outbox, Sink, notice_for_event
+from bastion_tray.ui.watch import StatusWatcher
 
 if TYPE_CHECKING:
     from bastion_tray.service.control_client import ControlClient
@@ -92,8 +93,6 @@ class TrayApp:
     def __init__(self, config_path: Path, paths: AppPaths, backend: Backend,
                  connect: Callable[[], ControlClient]) -> None:
         self.backend = backend
-        self.dedupe = Deduper()
-        self.coalesce = Coalescer()
         self._lock = threading.Lock()
         self._status: Status | None = None
         self._received = time.monotonic()  # when the daemon sent `_status`
@@ -104,6 +103,7 @@ class TrayApp:
         self._menu: tuple[Entry, ...] = ()
         self._state = IconState.OFFLINE
         self._title = "bastion-tray"
+        self._warn_before = warn_before_of(config_path)
         self._apply_lock = threading.Lock()
         self._shown: tuple[IconState | None, tuple[Entry, ...] | None] = (None, None)
         self.runner = ActionRunner(config_path, paths, TrayHooks(
@@ -115,7 +115,20 @@ class TrayApp:
             icon_class = _template_icon_class(icon_class)
         self.icon = icon_class("bastion-tray", icon=icons.load(IconState.OFFLINE),
                                title="bastion-tray")
+        self.outbox = Outbox(self._sinks(paths))
         self._refresh()
+
+    def _sinks(self, paths: AppPaths) -> list[Sink]:
+        """Where notices go, best first; the menu line always works."""
+        sinks: list[Sink] = []
+        if self.backend.name in GLIB_BACKENDS:
+            from bastion_tray.ui.notifier import DesktopNotifications
+
+            sinks.append(DesktopNotifications(paths.state_dir / "icons", lambda: self._state))
+        elif self.backend.can_notify():
+            sinks.append(PystrayNotifications(self.icon))
+        sinks.append(MenuLine(self._show_in_menu))
+        return sinks
 
     def run(self) -> None:
         self.backend.on_signals(self.stop)
@@ -142,7 +155,8 @@ class TrayApp:
         """While a bastion starts, count its seconds up between the daemon's events."""
         while not self._closed.wait(1.0):
             with self._lock:
-                starting = self._connected and any_starting(self._status)
+                starting = self._connected and self._status is not None and \
+                    self._status.any_starting
             if starting:
                 self._refresh()
 
@@ -167,12 +181,15 @@ class TrayApp:
     def _refresh(self) -> None:
         """Recompute the model from the status; the UI thread then shows the newest one."""
         with self._lock:
-            status = aged(self._status, time.monotonic() - self._received)
+            status = self._status
+            if status is not None:
+                status = status.aged(time.monotonic() - self._received)
             connected, notice = self._connected, self._notice
             self._menu = build_menu(status, connected=connected, notice=notice,
-                                    offline_text=self._offline_text)
+                                    offline_text=self._offline_text,
+                                    warn_before=self._warn_before)
             self._state = icon_state(status, connected)
-            self._title = tooltip(status, connected, notice)
+            self._title = tooltip(status, connected, notice, warn_before=self._warn_before)
         self.backend.call_in_ui(self._apply)
 
     def _apply(self) -> None:
@@ -191,19 +208,58 @@ class TrayApp:
     # ---- notifications ---------------------------------------------------------------------
 
     def notify(self, notice: Notice) -> None:
-        if not self.dedupe.fresh(notice):
-            return
-        log.info("notice: %s — %s", notice.title, notice.message.replace("\n", " "))
-        notice = self.coalesce.combine(notice)
-        if self.backend.can_notify():
-            try:
-                self.icon.notify(notice.message, notice.title)
-                return
-            except Exception as exc:  # e.g. osascript missing; the menu carries it instead
-                log.warning("cannot show a notification: %s", exc)
+        """Show `notice` (from any thread); notices are shown in the order they come."""
+        shown = self.outbox.post(notice)
+        if shown is not None:
+            log.info("notice: %s — %s", shown.title, shown.message.replace("\n", " "))
+
+    def _show_in_menu(self, line: str) -> None:
         with self._lock:
-            self._notice = notice.line
+            self._notice = line
         self._refresh()
+
+
+class PystrayNotifications:
+    """pystray's own notify() (macOS, Windows): one at a time, each replaces the last."""
+
+    replaces = True
+
+    def __init__(self, icon: Any) -> None:
+        self.icon = icon
+
+    def show(self, notice: Notice) -> bool:
+        try:
+            self.icon.notify(notice.message, notice.title)
+            return True
+        except Exception as exc:  # e.g. osascript missing; the menu carries it instead
+            log.warning("cannot show a notification: %s", exc)
+            return False
+
+
+class MenuLine:
+    """The last notice as a line of the menu and the tooltip, where nothing else shows it."""
+
+    replaces = True
+
+    def __init__(self, show_line: Callable[[str], None]) -> None:
+        self.show_line = show_line
+
+    def show(self, notice: Notice) -> bool:
+        self.show_line(notice.line)
+        return True
+
+
+def warn_before_of(config_path: Path) -> WarnBefore:
+    """Each profile's warn_before, for the idle warning in the status lines; a config that
+    does not load gives none (the daemon's own reading is what counts)."""
+    from bastion_tray.core.config import load_config
+    from bastion_tray.core.errors import BastionTrayError
+
+    try:
+        config = load_config(config_path)
+    except BastionTrayError:
+        return {}
+    return {name: p.warn_before for name, p in config.profiles.items()}
 
 
 def run_tray(config_path: Path, paths: AppPaths, connect: Callable[[], ControlClient]) -> int:

@@ -3,7 +3,9 @@
 No polling: the daemon sends its full status first, then every event with a fresh status, and
 a heartbeat every ~5 s. When the stream ends, errors or falls silent past `silence_limit`, the
 watcher reports the daemon offline and reconnects with backoff; `connect` starts a daemon when
-none runs (cli/session.connect), so a crashed daemon comes back by itself.
+none runs (service/clientside.connect), so a crashed daemon comes back by itself. Every status
+is read into core.status's typed `Status`; one the tray cannot read (a StatusFormatError, a
+DaemonError) is a reason to reconnect, said in the log, never a crash of the UI.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bastion_tray.core.errors import BastionTrayError
+from bastion_tray.core.status import Status
 
 if TYPE_CHECKING:
     from bastion_tray.service.control_client import ControlClient, Subscription
 
 log = logging.getLogger("bastion_tray.tray")
 
-Status = dict[str, Any]
 # (last known status or None, whether it is live, why not)
 StatusCallback = Callable[[Status | None, bool, str | None], None]
 EventCallback = Callable[[dict[str, Any]], None]
@@ -101,14 +103,14 @@ class StatusWatcher:
                 self._sub, self._last_seen = sub, time.monotonic()
             try:
                 self.connects += 1
+                self.status = Status.from_json(sub.snapshot)
                 self.connected = True
-                self.status = sub.snapshot
                 log.info("following the daemon (pid %s)", client.pid)
                 self._on_status(self.status, True, None)
                 for event in sub:
                     self._last_seen = time.monotonic()
-                    if isinstance(event.get("status"), dict):
-                        self.status = event["status"]
+                    if event.get("status") is not None:
+                        self.status = Status.from_json(event["status"], "event.status")
                     if event.get("type") != "heartbeat":
                         self._on_event(event)
                     self._on_status(self.status, True, None)

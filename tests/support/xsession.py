@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,7 +273,36 @@ class XSession:
         return path
 
     def notifications(self) -> list[dict[str, Any]]:
-        """dunst's history, newest first: [{"summary": ..., "body": ..., "appname": ...}]."""
+        """dunst's history, newest first: [{"summary": ..., "body": ..., "appname": ...,
+        "icon_path": ..., "id": ...}]."""
         out = self.run(["dunstctl", "history"]).stdout
         items = json.loads(out)["data"][0]
         return [{k: v.get("data") for k, v in item.items()} for item in items]
+
+    def seen_notifications(self) -> list[dict[str, Any]]:
+        """Every notification shown so far, oldest first: those on screen are closed first, so
+        they join the history (a replaced one is gone for good, as it is for the user)."""
+        self.run(["dunstctl", "close-all"])
+        return list(reversed(self.notifications()))
+
+    def wait_for_notifications(self, expected: Sequence[tuple[str, str]],
+                               timeout: float) -> list[dict[str, Any]]:
+        """For each (summary part, body part), the first notification that contains both,
+        waiting until every one has been shown. Matched by content, never by a count, so a
+        notice that comes early, late or between others is found all the same."""
+        def match(seen: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+            found = [next((n for n in seen if summary in str(n.get("summary"))
+                           and body in str(n.get("body"))), None) for summary, body in expected]
+            return None if None in found else [n for n in found if n is not None]
+
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.seen_notifications()
+            found = match(seen)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                shown = [(n.get("summary"), n.get("body")) for n in seen]
+                raise AssertionError(f"timed out after {timeout} s waiting for notifications "
+                                     f"{list(expected)}; shown: {shown}")
+            time.sleep(0.1)

@@ -1,13 +1,17 @@
-"""`bastion-tray status [--json]`: every profile's state."""
+"""`bastion-tray status [--json]`: every profile's state.
+
+`--json` prints the daemon's reply as it came (the documented contract); the human form
+reads it into core.status's typed `Status` and leads with the same status line as the tray.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from bastion_tray.cli import session
-from bastion_tray.core.durations import format_duration
+from bastion_tray.core.config import Config
+from bastion_tray.core.status import ProfileStatus, Status, human_duration, status_line
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,42 +20,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-def describe(name: str, p: dict[str, Any]) -> list[str]:
-    b = p["bastion"]
-    head = f"{name}: {b['state']}"
-    if b.get("host"):
-        head += f" at {b['host']}"
-    head += f", ssh {b['ssh']}"
-    if p.get("phase"):
-        head += f" — {p['phase']}…"
-    lines = [head]
-    active = sum(f["active_connections"] for f in p["forwards"].values()) + p["sessions"]
-    if active:
-        lines.append(f"  {active} connection{'s' if active > 1 else ''} open")
-    elif p.get("stops_in_seconds") is not None:
-        lines.append(f"  idle {format_duration(p['idle_seconds'] or 0)}, "
-                     f"stops in {format_duration(p['stops_in_seconds'])}")
-    for fname, f in p["forwards"].items():
-        state = "listening" if f["listening"] else "closed"
-        lines.append(f"  forward {fname}: {f['local']} → {f['remote']} ({state}, "
-                     f"{f['active_connections']} active)")
-    if p.get("error"):
-        lines.append(f"  error: {p['error']['message']}")
-        if p["error"].get("hint"):
-            lines.append(f"    → {p['error']['hint']}")
+def describe(name: str, p: ProfileStatus, warn_before: float | None = None) -> list[str]:
+    """The status line, then what stands behind it: the instance, idle clock, forwards, error."""
+    b = p.bastion
+    lines = [status_line(name, p, warn_before=warn_before)]
+    where = f" at {b.host}" if b.host else ""
+    lines.append(f"  instance {b.instance_id or '(not found)'}: {b.state}{where}, ssh {b.ssh}")
+    if p.idle_seconds is not None:
+        lines.append(f"  idle for {human_duration(p.idle_seconds)}")
+    for fname, f in p.forwards.items():
+        state = "listening" if f.listening else "closed"
+        remote = f" → {f.remote}" if f.remote else ""
+        lines.append(f"  forward {fname}: {f.local}{remote} ({state}, "
+                     f"{f.active_connections} active)")
+    if p.error is not None:
+        lines.append(f"  error: {p.error.message}")
+        if p.error.hint:
+            lines.append(f"    → {p.error.hint}")
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
     config = session.load(args)
     with session.connect(config) as client:
-        status = client.request("status")
+        reply = client.request("status")
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(reply, indent=2, sort_keys=True))
         return 0
-    for name, profile in status["profiles"].items():
-        print("\n".join(describe(name, profile)))
-    if status.get("daemon", {}).get("config_changed"):
-        print(f"note: {status['daemon']['config']} changed since the daemon read it; "
+    status = Status.from_json(reply)
+    for name, profile in status.profiles.items():
+        print("\n".join(describe(name, profile, warn_before_of(config, name))))
+    if status.daemon is not None and status.daemon.config_changed:
+        print(f"note: {status.daemon.config} changed since the daemon read it; "
               "`bastion-tray shutdown` makes the next command start one with the new config")
     return 0
+
+
+def warn_before_of(config: Config, name: str) -> float | None:
+    profile = config.profiles.get(name)
+    return profile.warn_before if profile is not None else None

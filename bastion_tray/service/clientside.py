@@ -1,0 +1,55 @@
+"""What every client of the daemon shares — the CLI, the tray and the demo: how to start the
+daemon (and the tray), how to reach the daemon (starting one when none answers), and the
+ProxyCommand that sends ssh through it. Below both the CLI and the UI, so neither reaches into
+the other."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bastion_tray.core.paths import AppPaths, app_paths, ensure_private_dir
+
+if TYPE_CHECKING:
+    from bastion_tray.core.config import Config
+    from bastion_tray.service.control_client import ControlClient
+
+CARRIED_ENV = ("BASTION_TRAY_HOME", "BASTION_TRAY_LOOPBACK_ONLY")  # what a ProxyCommand keeps
+
+
+def daemon_argv(config: Config) -> list[str]:
+    """How to start the daemon: this interpreter, this package, this config file."""
+    return [sys.executable, "-m", "bastion_tray", "--config", str(config.path.resolve()),
+            "daemon"]
+
+
+def tray_argv(config_path: Path, platform: str = sys.platform) -> list[str]:
+    """How to start the tray: this interpreter (its windowless twin on Windows), this package,
+    this config file. A process of its own, so nothing below the UI has to import it."""
+    python = Path(sys.executable)
+    if platform == "win32" and (python.parent / "pythonw.exe").exists():
+        python = python.parent / "pythonw.exe"
+    return [str(python), "-m", "bastion_tray", "--config", str(config_path.resolve()), "tray"]
+
+
+def connect(config: Config, paths: AppPaths | None = None) -> ControlClient:
+    """A client of the running daemon, starting one in the background when none answers."""
+    from bastion_tray.service.spawn import ensure_daemon
+
+    paths = paths or app_paths()
+    ensure_private_dir(paths.log_dir)
+    return ensure_daemon(paths, argv=daemon_argv(config), log_path=paths.daemon_log)
+
+
+def proxy_command(config: Config, profile: str, target: str = "%h %p") -> str:
+    """The ProxyCommand line that sends ssh through the daemon (ssh-config, shell, the tray's
+    "Open shell"). It carries the variables that say which daemon to use and what it may reach."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k in CARRIED_ENV]
+    prefix = ["env", *env] if env and os.name != "nt" else []
+    argv = [*prefix, sys.executable, "-m", "bastion_tray", "--config",
+            str(config.path.resolve()), "proxy", profile]
+    return " ".join(a if a.startswith("BASTION_TRAY_") else shlex.quote(a)
+                    for a in argv) + f" {target}"
