@@ -74,9 +74,14 @@ class MariaDB:
         datadir = self._dir / "data"
         datadir.mkdir(parents=True, exist_ok=True)
         error_log = self._dir / "mariadbd.err"
+        # its own temp dir: in the shared /tmp, whatever cleans up there (another run, a test's
+        # teardown) can take mariadb-install-db's temporary tables from under it
+        tmpdir = self._dir / "tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
         install = subprocess.run(
             [_tool("mariadb-install-db", "mysql_install_db"), "--no-defaults",
-             f"--datadir={datadir}", "--auth-root-authentication-method=normal",
+             f"--datadir={datadir}", f"--tmpdir={tmpdir}",
+             "--auth-root-authentication-method=normal",
              "--skip-test-db", *self._user_option(), *_SERVER_OPTIONS],
             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
         if install.returncode != 0:
@@ -84,7 +89,7 @@ class MariaDB:
 
         sock = self._socket_path()
         argv = [_tool("mariadbd", "mysqld"), "--no-defaults", f"--datadir={datadir}",
-                f"--socket={sock}", f"--bind-address={host}", f"--port={port}",
+                f"--tmpdir={tmpdir}", f"--socket={sock}", f"--bind-address={host}", f"--port={port}",
                 "--skip-networking=0", f"--pid-file={self._dir / 'mariadbd.pid'}",
                 f"--log-error={error_log}", *self._user_option(), *_SERVER_OPTIONS]
         proc = self._procs.spawn("mariadbd", argv, log_file=self._dir / "mariadbd.out")
