@@ -89,8 +89,8 @@ class MariaDB:
 
         sock = self._socket_path()
         argv = [_tool("mariadbd", "mysqld"), "--no-defaults", f"--datadir={datadir}",
-                f"--tmpdir={tmpdir}", f"--socket={sock}", f"--bind-address={host}", f"--port={port}",
-                "--skip-networking=0", f"--pid-file={self._dir / 'mariadbd.pid'}",
+                f"--tmpdir={tmpdir}", f"--socket={sock}", f"--bind-address={host}",
+                f"--port={port}", "--skip-networking=0", f"--pid-file={self._dir / 'mariadbd.pid'}",
                 f"--log-error={error_log}", *self._user_option(), *_SERVER_OPTIONS]
         proc = self._procs.spawn("mariadbd", argv, log_file=self._dir / "mariadbd.out")
 

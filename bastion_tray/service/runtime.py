@@ -16,42 +16,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from bastion_tray.core import lifecycle as lc
 from bastion_tray.core.config import Profile, Settings
 from bastion_tray.core.durations import format_duration
-from bastion_tray.core.errors import BastionTrayError, CloudError, DaemonError, HostKeyError
+from bastion_tray.core.errors import (
+    BastionTrayError,
+    CloudError,
+    DaemonError,
+    HostKeyError,
+    WaitTimeout,
+)
 from bastion_tray.core.idle import IdlePolicy
 from bastion_tray.service.events import EventBus
 from bastion_tray.service.links import Adapters, BastionLink, Listener
 from bastion_tray.service.snapshot import profile_snapshot
 from bastion_tray.service.statefile import StateFile
+from bastion_tray.service.waiting import Spawn, Waiter, spawn_thread, timings_for
 
 log = logging.getLogger("bastion_tray.daemon")
-
-Spawn = Callable[[Callable[[], None], str], None]
-
-
-def spawn_thread(work: Callable[[], None], name: str) -> None:
-    threading.Thread(target=work, name=name, daemon=True).start()
-
-
-def timings_for(settings: Settings) -> lc.Timings:
-    return lc.Timings(ready_timeout=settings.ready_timeout)
-
-
-@dataclass
-class Waiter:
-    """A request waiting for the lifecycle: set once, with a host or an error."""
-
-    id: int
-    done: threading.Event = field(default_factory=threading.Event)
-    host: str | None = None
-    state: str | None = None
-    error: BastionTrayError | None = None
-
 
 class ProfileRuntime:
     def __init__(self, profile: Profile, settings: Settings, adapters: Adapters,
@@ -189,49 +173,48 @@ class ProfileRuntime:
             if close_listeners:
                 listener.close()
 
-    def _cloud_call(self, call: int, op: str) -> None:
+    def _guarded(self, what: str, work: Callable[[], lc.Event],
+                 failed: Callable[[BastionTrayError], lc.Event]) -> None:
+        """Run slow work and post what came of it: its event, or its failure as an event."""
         try:
-            if op == "describe":
-                self.post(lc.Seen(call, self.cloud.describe()))
-            else:
-                (self.cloud.start if op == "start" else self.cloud.stop)()
-                self.post(lc.CallDone(call))
+            event = work()
         except BastionTrayError as exc:
-            self.post(lc.CallFailed(call, exc))
-        except Exception as exc:
-            log.exception("%s EC2 %s crashed", self.ctx, op)
-            self.post(lc.CallFailed(call, DaemonError(f"internal error in EC2 {op}: {exc!r}")))
+            event = failed(exc)
+        except Exception as exc:  # a bug in an adapter: a failure the user can read, no hang
+            log.exception("%s %s crashed", self.ctx, what)
+            event = failed(DaemonError(f"internal error in {what}: {exc!r}"))
+        self.post(event)
+
+    def _cloud_call(self, call: int, op: str) -> None:
+        def work() -> lc.Event:
+            if op == "describe":
+                return lc.Seen(call, self.cloud.describe())
+            (self.cloud.start if op == "start" else self.cloud.stop)()
+            return lc.CallDone(call)
+
+        try:
+            self._guarded(f"EC2 {op}", work, lambda exc: lc.CallFailed(call, exc))
         finally:
             if op == "describe":
                 self.discovered.set()
 
     def _wait_ssh(self, attempt: int, host: str, port: int, timeout: float) -> None:
-        try:
+        def work() -> lc.Event:
             self.adapters.wait_ssh(host, port, timeout=timeout, progress=self._progress)
-            self.post(lc.SshAnswered(attempt))
-        except BastionTrayError as exc:
-            self.post(lc.SshFailed(attempt, exc))
-        except Exception as exc:
-            log.exception("%s waiting for SSH crashed", self.ctx)
-            self.post(lc.SshFailed(attempt, DaemonError(f"internal error: {exc!r}")))
+            return lc.SshAnswered(attempt)
+
+        self._guarded("waiting for SSH", work, lambda exc: lc.SshFailed(attempt, exc))
 
     def _open_link(self, attempt: int, host: str, port: int) -> None:
-        def lost(reason: str) -> None:
-            self.post(lc.LinkLost(attempt, reason))
-
-        try:
+        def work() -> lc.Event:
             link = self.adapters.connect(host, port, self.profile.bastion, self.name,
-                                         self.settings, lost)
-        except BastionTrayError as exc:
-            self.post(lc.LinkFailed(attempt, exc))
-            return
-        except Exception as exc:
-            log.exception("%s connecting crashed", self.ctx)
-            self.post(lc.LinkFailed(attempt, DaemonError(f"internal error: {exc!r}")))
-            return
-        with self._lock:
-            self._new_links[attempt] = link
-        self.post(lc.LinkUp(attempt))
+                                         self.settings,
+                                         lambda reason: self.post(lc.LinkLost(attempt, reason)))
+            with self._lock:
+                self._new_links[attempt] = link
+            return lc.LinkUp(attempt)
+
+        self._guarded("connecting", work, lambda exc: lc.LinkFailed(attempt, exc))
 
     def _progress(self, phase: str, detail: str) -> None:
         """What an adapter reports during a long wait: shown, never decided on."""
@@ -264,8 +247,6 @@ class ProfileRuntime:
             with self._lock:
                 self._waiters.pop(waiter.id, None)
             self.post(lc.GiveUp(waiter.id))
-            from bastion_tray.core.errors import WaitTimeout
-
             raise WaitTimeout(f"{what} of profile {self.name}: not done within "
                               f"{format_duration(limit)} (now: {self.state.label or 'waiting'})",
                               hint="it goes on in the background; see `bastion-tray status`")
