@@ -19,6 +19,7 @@ os.environ[LOOPBACK_ENV] = "1"
 install_audit_guard()
 
 from bastion_tray.sandbox import Sandbox, missing_prerequisites  # noqa: E402
+from tests.support.app import App  # noqa: E402
 
 
 def _require_sandbox_prerequisites() -> None:
@@ -53,3 +54,18 @@ def bastion(sandbox: Sandbox) -> Sandbox:
         sandbox.ec2().start_instances(InstanceIds=[sandbox.bastion_instance_id])
         sandbox.wait_bastion_ssh(True, sandbox.boot_delay + 10)
     return sandbox
+
+
+@pytest.fixture
+def make_app(fresh_sandbox: Sandbox) -> Iterator[type[App]]:
+    """Isolated installations of the app on the fresh sandbox, each closed after the test."""
+    apps: list[App] = []
+
+    class Tracked(App):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(fresh_sandbox, *args, **kwargs)  # type: ignore[arg-type]
+            apps.append(self)
+
+    yield Tracked
+    for app in apps:
+        app.close()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pymysql
@@ -18,20 +17,6 @@ from bastion_tray.sandbox import Sandbox
 from tests.support.app import App, alive, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def make_app(fresh_sandbox: Sandbox) -> Iterator[type[App]]:
-    apps: list[App] = []
-
-    class Tracked(App):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(fresh_sandbox, *args, **kwargs)  # type: ignore[arg-type]
-            apps.append(self)
-
-    yield Tracked
-    for app in apps:
-        app.close()
 
 
 def query(port: int, sb: Sandbox, sql: str = "SELECT VERSION()",

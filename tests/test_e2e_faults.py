@@ -17,24 +17,9 @@ from pathlib import Path
 import pytest
 
 from bastion_tray.core.netguard import is_loopback
-from bastion_tray.sandbox import Sandbox
 from tests.support.app import App, alive, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def make_app(fresh_sandbox: Sandbox) -> Iterator[type[App]]:
-    apps: list[App] = []
-
-    class Tracked(App):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(fresh_sandbox, *args, **kwargs)  # type: ignore[arg-type]
-            apps.append(self)
-
-    yield Tracked
-    for app in apps:
-        app.close()
 
 
 def control_line(app: App, line: bytes, timeout: float = 10) -> dict[str, object]:
