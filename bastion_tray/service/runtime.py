@@ -254,16 +254,15 @@ class ProfileRuntime:
             raise waiter.error
         return waiter
 
-    def request(self, goal: lc.Goal = lc.Goal.LINK, may_start: bool = True) -> Waiter:
+    def request(self, goal: lc.Goal = lc.Goal.LINK) -> Waiter:
         """Ask for the bastion up to `goal` without waiting: the waiter is set when it is."""
         waiter = self._waiter()
-        self.post(lc.Demand(waiter.id, goal, may_start))
+        self.post(lc.Demand(waiter.id, goal))
         return waiter
 
-    def ensure(self, goal: lc.Goal = lc.Goal.LINK, timeout: float | None = None,
-               may_start: bool = True) -> str:
+    def ensure(self, goal: lc.Goal = lc.Goal.LINK, timeout: float | None = None) -> str:
         """Bring the bastion up to `goal`, starting it if needed; the host it answers at."""
-        waiter = self.request(goal, may_start)
+        waiter = self.request(goal)
         limit = timeout if timeout is not None else self.state.setup.timings.ready_timeout + 30
         return self._wait(waiter, limit, "the bastion's start").host or ""
 
@@ -376,9 +375,6 @@ class ProfileRuntime:
 
     def refresh(self) -> None:
         self.post(lc.Refresh())
-
-    def set_error_cleared(self) -> None:
-        self.post(lc.ClearError())
 
     def stop(self, reason: str, *, close_listeners: bool = True) -> str:
         """Close connections and the link, stop the instance; the state it ended in."""

@@ -43,7 +43,6 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
     decision = s.idle.decide(policy, activity, now)
     counting = (s.running and policy.auto_stop and activity == 0 and s.phase is Phase.IDLE
                 and s.idle.idle_since is not None)
-    started = s.saved.started_by_us if s.saved is not None else s.started_by_us
     return {
         "bastion": {
             "instance_id": info.instance_id if info else cfg.bastion.instance_id,
@@ -69,6 +68,6 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
         "lifecycle": s.phase.value,
         "starting_for_seconds": (_round(now - s.began_at)
                                  if s.phase is Phase.STARTING and s.began_at else None),
-        "started_by_daemon": started,
+        "started_by_daemon": s.persisted().started_by_us,
         "error": error_snapshot(s.error),
     }

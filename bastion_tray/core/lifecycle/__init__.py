@@ -10,8 +10,6 @@ yields a start or a connect; a late answer of an abandoned bring-up carries its 
 and is dropped (a link that arrives late is closed). Every timing is a field of `Timings`.
 """
 
-
-
 from bastion_tray.core.lifecycle.effects import (
     CallCloud,
     CloseConnections,

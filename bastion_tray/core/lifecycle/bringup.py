@@ -95,12 +95,12 @@ def _on_demand(s: Lifecycle, ev: Demand, now: float) -> Result:
     if s.phase is Phase.IDLE:
         if s.link is Link.UP:
             return s, [Resolve((ev.waiter,), host=s.host)]
-        s, out = begin(s, ev.goal, ev.may_start, now)
+        s, out = begin(s, ev.goal, True, now)
         return replace(s, waiters=((ev.waiter, ev.goal),)), out
     waiters = (*s.waiters, (ev.waiter, ev.goal))
     if s.phase is Phase.STARTING:
         return replace(s, waiters=waiters, goal=max(s.goal, ev.goal),
-                       may_start=s.may_start or ev.may_start), []
+                       may_start=True), []  # a request may start it
     after = ev.goal if s.after_stop is None else max(s.after_stop, ev.goal)
     return replace(s, waiters=waiters, after_stop=after), [
         Log("info", "a request came during the stop: starting again once it is stopped")]

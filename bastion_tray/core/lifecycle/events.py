@@ -15,7 +15,6 @@ class Demand:
 
     waiter: int
     goal: Goal = Goal.LINK
-    may_start: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ from bastion_tray.core.idle import IdleClock, IdlePolicy
 from bastion_tray.core.ports import InstanceInfo
 
 GONE = frozenset({"shutting-down", "terminated"})
-
-
 KEEP_MAX = KEEP_LIMIT  # "keep running" never postpones the stop further than this
 
 
