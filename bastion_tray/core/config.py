@@ -7,20 +7,30 @@ table and key, and what was expected, then raises one ConfigError that lists the
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from bastion_tray.core.durations import MAX_CONFIG_DURATION, MAX_CONFIG_WAIT
 from bastion_tray.core.errors import ConfigError
 from bastion_tray.core.schema import Problems, TableReader
+from bastion_tray.core.team import default_user_id, user_id_problem
 
 T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 DEFAULT_WARN_BEFORE = 2 * 60.0
+DEFAULT_LEASE_TTL = 10 * 60.0
+DEFAULT_BACKSTOP = 60 * 60.0
+#: a lease is renewed every third of its ttl and a backstop pushed every third of it: below
+#: these, the renewals would be API calls every few seconds
+MIN_LEASE_TTL = 15.0
+MIN_BACKSTOP = 30.0
+MAX_LEASE_TTL = 24 * 3600.0
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
 # Every duration key is finite, ≥ 0 and bounded (durations.py): idle_timeout and warn_before at
@@ -37,6 +47,8 @@ class Settings:
     ready_timeout: float = 300.0  # start → SSH answering, before we give up
     lazy_wait: float = 180.0  # how long a connection to a stopped forward waits for the bastion
     keepalive_interval: float = 15.0  # SSH keepalive; a peer silent for 3 intervals is dead
+    user_id: str = field(default_factory=default_user_id)  # names this user's lease tag
+    lease_ttl: float = DEFAULT_LEASE_TTL  # a lease's life; renewed every third of it
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class BastionConfig:
     host_key: str | None = None  # "SHA256:…" pin; otherwise known_hosts
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # already merged with [settings]
     auto_stop: bool = True  # stop the instance when idle
+    backstop: float | None = DEFAULT_BACKSTOP  # the cloud-side stop; None: "off"
+    backstop_role: str | None = None  # the IAM role EventBridge Scheduler stops it with
 
     @property
     def label(self) -> str:
@@ -170,7 +184,16 @@ def _settings(t: TableReader) -> Settings:
         lazy_wait=t.duration("lazy_wait", 180.0, minimum=1, maximum=MAX_CONFIG_WAIT),
         keepalive_interval=t.duration("keepalive_interval", 15.0, minimum=1,
                                       maximum=MAX_CONFIG_WAIT),
+        lease_ttl=t.duration("lease_ttl", DEFAULT_LEASE_TTL, minimum=MIN_LEASE_TTL,
+                             maximum=MAX_LEASE_TTL),
     )
+    user_id = t.text("user_id")
+    if user_id is not None:
+        problem = user_id_problem(user_id)
+        if problem:
+            t.problem("user_id", problem)
+        else:
+            settings = replace(settings, user_id=user_id)
     t.reject_unknown()
     return settings
 
@@ -212,9 +235,29 @@ def _bastion(t: TableReader, settings: Settings) -> BastionConfig:
         idle_timeout=t.duration("idle_timeout", settings.idle_timeout, minimum=1,
                                 maximum=MAX_CONFIG_DURATION),
         auto_stop=t.flag("auto_stop", True),
+        backstop=_backstop(t),
+        backstop_role=_role_arn(t, "backstop_role"),
     )
     t.reject_unknown()
     return bastion
+
+
+def _backstop(t: TableReader) -> float | None:
+    """A duration, or "off"."""
+    if t.data.get("backstop") == "off":
+        t.text("backstop")  # marks the key as known
+        return None
+    return t.duration("backstop", DEFAULT_BACKSTOP, minimum=MIN_BACKSTOP,
+                      maximum=MAX_CONFIG_DURATION)
+
+
+def _role_arn(t: TableReader, key: str) -> str | None:
+    value = t.text(key)
+    if value is not None and not _ROLE_ARN.fullmatch(value):
+        t.problem(key, "expected an IAM role ARN like \"arn:aws:iam::123456789012:role/"
+                  f"bastion-tray-backstop\", got {value[:80]!r}")
+        return None
+    return value
 
 
 def _host(name: str, t: TableReader, user: str | None, key: Path | None) -> HostConfig:

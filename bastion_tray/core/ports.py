@@ -20,6 +20,9 @@ class InstanceInfo:
     name: str | None = None  # the Name tag
     public_ip: str | None = None
     elastic_ip: str | None = None
+    #: every `bastion-tray:lease:<user_id>` tag on the instance, as (user_id, raw value),
+    #: sorted by user id; core/team.py reads the values
+    leases: tuple[tuple[str, str], ...] = ()
 
     @property
     def address(self) -> str | None:
@@ -45,6 +48,28 @@ class Cloud(Protocol):
 
     def stop(self) -> None:
         """StopInstances."""
+        ...
+
+    def put_lease(self, user_id: str, until: float) -> None:
+        """CreateTags `bastion-tray:lease:<user_id>` = iso_utc(until) on the bastion (and only
+        there). Raises CloudError (AccessDenied names the missing ec2:CreateTags)."""
+        ...
+
+    def delete_lease(self, user_id: str) -> None:
+        """DeleteTags of that one key; a tag that is not there is fine."""
+        ...
+
+
+class Backstop(Protocol):
+    """EventBridge Scheduler's one-time schedule that stops one bastion (DESIGN.md "Teams")."""
+
+    def push(self, instance_id: str, at: float) -> float:
+        """Make `bastion-tray-<instance_id>` fire at max(its time now, `at`) (epoch seconds),
+        creating it when absent; returns when it fires. Raises CloudError."""
+        ...
+
+    def delete(self, instance_id: str) -> None:
+        """Delete that schedule; one that is not there is fine. Raises CloudError."""
         ...
 
 
