@@ -459,4 +459,4 @@ def test_state_file_keeps_what_must_survive_and_nothing_else(tmp_path) -> None:
     h.rt.open_forward("db")
     record = StateFile(tmp_path / "daemon-state.json").record("foo")
     assert h.rt.state.idle.idle_since is not None
-    assert record == lc.Persisted(INSTANCE, True, h.rt.state.idle.idle_since, ("db",))
+    assert record == lc.Persisted(INSTANCE, True, h.rt.state.idle.idle_since, ("db",), lease=True)

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bastion_tray.core.config import BastionConfig, Config, ForwardConfig, Profile, Settings
-from bastion_tray.core.errors import PassphraseNeeded
+from bastion_tray.core.errors import PassphraseNeeded, SSHError
 from bastion_tray.core.paths import AppPaths
-from bastion_tray.core.ports import Channel, Cloud, Progress
+from bastion_tray.core.ports import Backstop, Channel, Cloud, Progress
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
 
@@ -50,6 +50,22 @@ class RealAdapters:
         from bastion_tray.adapters.cloud import Ec2Cloud
 
         return Ec2Cloud(profile)
+
+    def backstop(self, profile: Profile) -> Backstop:
+        from bastion_tray.adapters.backstop import SchedulerBackstop
+
+        return SchedulerBackstop(profile)
+
+    def count_sessions(self, link: BastionLink) -> int:
+        from bastion_tray.core import sessions
+
+        output = link.run(sessions.COUNT_COMMAND, sessions.SESSION_COUNT_TIMEOUT)
+        try:
+            return sessions.count_other_sessions(output)
+        except ValueError as exc:
+            raise SSHError(f"could not count the SSH sessions on the bastion: {exc}",
+                           hint="the bastion needs `ss` (iproute) or a readable /proc/net/tcp"
+                           ) from None
 
     def wait_ssh(self, host: str, port: int, *, timeout: float,
                  progress: Progress | None = None) -> float:

@@ -42,6 +42,7 @@ class BastionPlan:
     port: int
     identity_file: str | None  # as the user typed it ("~/.ssh/foo.pem"); None: ssh-agent
     note: str = ""  # a comment for the table: its Name tag, address
+    backstop_role: str | None = None  # the IAM role ARN of the backstop; None: not written
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def render_profile(plan: ProfilePlan) -> str:
     tables = [
         _table(root, {"region": plan.region, "aws_profile": plan.aws_profile}, plan.note),
         _table((*root, "bastion"), {"instance_id": b.instance_id, "user": b.user,
-                                    "identity_file": b.identity_file, "port": b.port}, b.note),
+                                    "identity_file": b.identity_file, "port": b.port,
+                                    "backstop_role": b.backstop_role}, b.note),
     ]
     tables += [_table((*root, "hosts", h.name), {"hostname": h.hostname, "port": h.port}, h.note)
                for h in plan.hosts]

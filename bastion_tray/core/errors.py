@@ -114,6 +114,12 @@ class DaemonError(BastionTrayError):
     kind = "daemon"
 
 
+class InUseError(BastionTrayError):
+    """A stop refused because others use the bastion (`stop --force` overrides)."""
+
+    kind = "in_use"
+
+
 _KINDS: dict[str, type[BastionTrayError]] = {}
 
 

@@ -117,3 +117,11 @@ class Lease:
 def leases_from(tags: tuple[tuple[str, str], ...]) -> tuple[Lease, ...]:
     """Every lease among `(user_id, value)` pairs as InstanceInfo.leases holds them."""
     return tuple(Lease(user, parse_iso_utc(value)) for user, value in tags)
+
+
+def in_use_text(users: tuple[str, ...] | list[str], sessions: int) -> str:
+    """"in use by bob@laptop-b (2 SSH connections)", "in use by 1 other SSH session"."""
+    conns = f"{sessions} SSH connection{'s' if sessions != 1 else ''}"
+    if users:
+        return f"in use by {', '.join(users)}" + (f" ({conns})" if sessions else "")
+    return f"in use by {sessions} other SSH session{'s' if sessions != 1 else ''}"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from bastion_tray.core.config import BastionConfig, ForwardConfig, Profile, Settings
-from bastion_tray.core.ports import Channel, Cloud, Progress
+from bastion_tray.core.ports import Backstop, Channel, Cloud, Progress
 
 
 class BastionLink(Protocol):
@@ -20,6 +20,10 @@ class BastionLink(Protocol):
 
     def open_channel(self, host: str, port: int,
                      origin: tuple[str, int] = ("127.0.0.1", 0)) -> Any: ...
+
+    def run(self, command: str, timeout: float) -> str:
+        """Run a command on the bastion over this link; its stdout."""
+        ...
 
     def close(self) -> None: ...
 
@@ -63,6 +67,15 @@ class Adapters(Protocol):
 
     def cloud(self, profile: Profile) -> Cloud:
         """The EC2 side of a profile."""
+        ...
+
+    def backstop(self, profile: Profile) -> Backstop:
+        """The EventBridge Scheduler side of a profile (its backstop schedule)."""
+        ...
+
+    def count_sessions(self, link: BastionLink) -> int:
+        """Others' SSH connections established on the bastion, counted over `link` (its own
+        connection subtracted)."""
         ...
 
     def wait_ssh(self, host: str, port: int, *, timeout: float,

@@ -121,7 +121,11 @@ class Handlers:
 
     def op_stop(self, req: Request) -> None:
         rt = self.runtime(req.args.get("profile"))
-        state = rt.stop("stopped by request", close_listeners=True)
+        force = req.args.get("force", False)
+        if not isinstance(force, bool):
+            raise UsageError(f"force must be true or false, got {force!r:.60}")
+        reason = "stopped by request" + (" (--force)" if force else "")
+        state = rt.stop(reason, close_listeners=True, force=force)
         req.reply_ok({"profile": rt.name, "state": state})
 
     def op_keep(self, req: Request) -> None:

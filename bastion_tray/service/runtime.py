@@ -28,12 +28,11 @@ from bastion_tray.core.errors import (
     HostKeyError,
     WaitTimeout,
 )
-from bastion_tray.core.idle import IdlePolicy
 from bastion_tray.service.events import EventBus
 from bastion_tray.service.links import Adapters, BastionLink, Listener
 from bastion_tray.service.snapshot import profile_snapshot
 from bastion_tray.service.statefile import StateFile
-from bastion_tray.service.waiting import Spawn, Waiter, spawn_thread, timings_for
+from bastion_tray.service.waiting import Spawn, Waiter, setup_for, spawn_thread
 
 log = logging.getLogger("bastion_tray.daemon")
 
@@ -44,12 +43,8 @@ class ProfileRuntime:
         self.profile, self.settings, self.adapters = profile, settings, adapters
         self.bus, self.statefile, self.clock, self._spawn = bus, statefile, clock, spawn
         self.cloud = adapters.cloud(profile)
-        b = profile.bastion
-        setup = lc.Setup(profile=profile.name, port=b.port,
-                         fixed_host=None if b.host == "auto" else b.host,
-                         policy=IdlePolicy(b.idle_timeout, profile.warn_before, b.auto_stop),
-                         timings=timings or timings_for(settings),
-                         endpoint=self.cloud.endpoint)
+        self.backstop = adapters.backstop(profile)
+        setup = setup_for(profile, settings, timings, self.cloud.endpoint)
         self.state = lc.initial(setup, statefile.record(profile.name))
         self.ctx = f"[profile={profile.name}]"
         self.forwards: dict[str, Listener] = {}
@@ -154,6 +149,21 @@ class ProfileRuntime:
                     link.close()
             case lc.CloseConnections(listeners=close_listeners):
                 self._close_connections(close_listeners)
+            case lc.PutLease(call=call, until=until):
+                self._spawn(functools.partial(self._lease_call, call, functools.partial(
+                    self.cloud.put_lease, self.settings.user_id, until)), f"lease-{self.name}")
+            case lc.DeleteLease(call=call):
+                self._spawn(functools.partial(self._lease_call, call, functools.partial(
+                    self.cloud.delete_lease, self.settings.user_id)), f"lease-{self.name}")
+            case lc.PushBackstop(call=call, instance_id=instance_id, at=at):
+                self._spawn(functools.partial(self._backstop_call, call, functools.partial(
+                    self.backstop.push, instance_id, at)), f"backstop-{self.name}")
+            case lc.DeleteBackstop(call=call, instance_id=instance_id):
+                self._spawn(functools.partial(self._backstop_call, call, functools.partial(
+                    self.backstop.delete, instance_id)), f"backstop-{self.name}")
+            case lc.CountSessions(check=check):
+                self._spawn(functools.partial(self._count_sessions, check),
+                            f"count-sessions-{self.name}")
 
     def _resolve(self, ids: tuple[int, ...], *, host: str | None = None,
                  state: str | None = None, error: BastionTrayError | None = None) -> None:
@@ -215,6 +225,40 @@ class ProfileRuntime:
             return lc.LinkUp(attempt)
 
         self._guarded("connecting", work, lambda exc: lc.LinkFailed(attempt, exc))
+
+    def _lease_call(self, call: int, work: Callable[[], None]) -> None:
+        def run() -> lc.Event:
+            work()
+            return lc.LeaseDone(call)
+
+        self._guarded("the lease tag", run, lambda exc: lc.LeaseDone(call, exc))
+
+    def _backstop_call(self, call: int, work: Callable[[], float | None]) -> None:
+        def run() -> lc.Event:
+            return lc.BackstopDone(call, work())
+
+        self._guarded("the backstop schedule", run, lambda exc: lc.BackstopDone(call, None, exc))
+
+    def _count_sessions(self, check: int) -> None:
+        """Over the link when it is up; else over a connection of our own, closed right after
+        (a link kept open would be a session the teammates' daemons wait for)."""
+        def run() -> lc.Event:
+            with self._lock:
+                link = self._link
+            if link is not None and link.alive:
+                return lc.SessionsCounted(check, self.adapters.count_sessions(link))
+            host = self.state.host
+            if not host:
+                raise CloudError(f"the bastion of profile {self.name} has no address now")
+            probe = self.adapters.connect(host, self.profile.bastion.port, self.profile.bastion,
+                                          self.name, self.settings, lambda reason: None)
+            try:
+                return lc.SessionsCounted(check, self.adapters.count_sessions(probe))
+            finally:
+                probe.close()
+
+        self._guarded("counting SSH sessions", run,
+                      lambda exc: lc.SessionsCounted(check, None, exc))
 
     def _progress(self, phase: str, detail: str) -> None:
         """What an adapter reports during a long wait: shown, never decided on."""
@@ -376,15 +420,16 @@ class ProfileRuntime:
     def refresh(self) -> None:
         self.post(lc.Refresh())
 
-    def stop(self, reason: str, *, close_listeners: bool = True) -> str:
-        """Close connections and the link, stop the instance; the state it ended in."""
+    def stop(self, reason: str, *, close_listeners: bool = True, force: bool = False) -> str:
+        """Close connections and the link, stop the instance; the state it ended in. Unless
+        `force`, refused (InUseError) while others use the bastion."""
         waiter = self._waiter()
-        self.post(lc.StopRequested(waiter.id, reason, close_listeners))
+        self.post(lc.StopRequested(waiter.id, reason, close_listeners, force))
         return self._wait(waiter, self._stop_limit(), "stopping").state or "unknown"
 
     def _stop_limit(self) -> float:
-        t = self.state.setup.timings
-        return 3 * t.api_give_up + 5
+        t = self.state.setup.timings  # a check (describe, count), the stop, the lease's delete
+        return 4 * t.api_give_up + 5
 
     def shutdown(self) -> None:
         """Daemon exit: stop what this daemon started (auto_stop on), then close all."""

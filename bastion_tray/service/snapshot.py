@@ -9,6 +9,7 @@ from typing import Any
 from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import BastionTrayError
 from bastion_tray.core.lifecycle import Lifecycle, Phase
+from bastion_tray.core.team import iso_utc
 from bastion_tray.service.links import Listener
 
 
@@ -35,6 +36,37 @@ def error_snapshot(error: BastionTrayError | None) -> dict[str, Any] | None:
     return {"kind": error.kind, "message": error.message, "hint": error.hint}
 
 
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_utc(epoch)
+
+
+def team_snapshot(s: Lifecycle, now: float) -> dict[str, Any]:
+    """Who else uses the bastion, our lease and the backstop."""
+    t, setup = s.team, s.setup
+    if setup.backstop is None:
+        backstop = {"state": "off", "fires_at": None, "fires_in_seconds": None,
+                    "reason": setup.backstop_off}
+    elif t.backstop_error is not None:
+        backstop = {"state": "error", "fires_at": _iso(t.backstop_at),
+                    "fires_in_seconds": _round(t.backstop_at - now) if t.backstop_at else None,
+                    "reason": t.backstop_error}
+    elif t.backstop_at is not None:
+        backstop = {"state": "armed", "fires_at": _iso(t.backstop_at),
+                    "fires_in_seconds": _round(max(0.0, t.backstop_at - now)), "reason": None}
+    else:
+        backstop = {"state": "idle", "fires_at": None, "fires_in_seconds": None,
+                    "reason": "set while this daemon uses the bastion"}
+    return {
+        "user_id": setup.user_id,
+        "in_use_by": list(t.in_use_by),
+        "other_sessions": t.other_sessions,
+        "waiting_for_others": t.watching,
+        "lease": {"held": t.lease_until is not None, "until": _iso(t.lease_until),
+                  "error": t.lease_error},
+        "backstop": backstop,
+    }
+
+
 def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener],
                      sessions: int, now: float) -> dict[str, Any]:
     info = s.instance
@@ -43,6 +75,7 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
     decision = s.idle.decide(policy, activity, now)
     counting = (s.running and policy.auto_stop and activity == 0 and s.phase is Phase.IDLE
                 and s.idle.idle_since is not None)
+    deciding = s.team.watching or s.team.check is not None  # the stop waits for the others
     return {
         "bastion": {
             "instance_id": info.instance_id if info else cfg.bastion.instance_id,
@@ -59,7 +92,8 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
         "hosts": sorted(cfg.hosts),
         "sessions": sessions,
         "idle_seconds": _round(s.idle.idle_seconds(now)) if counting else None,
-        "stops_in_seconds": _round(decision.stops_in) if counting else None,
+        "stops_in_seconds": (_round(decision.stops_in) if counting and not deciding
+                             else None),
         "idle_reason": decision.reason if s.running else None,
         "auto_stop": policy.auto_stop,
         "link_losses": s.link_losses,
@@ -70,4 +104,5 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
                                  if s.phase is Phase.STARTING and s.began_at else None),
         "started_by_daemon": s.persisted().started_by_us,
         "error": error_snapshot(s.error),
+        **team_snapshot(s, now),
     }

@@ -6,7 +6,10 @@ daemon started it, when its idle period began, the forwards that were listening 
 is set aside as `.corrupt` with a warning, never trusted:
 
     {"version": 2, "profiles": {"foo": {"instance_id": "i-…", "started_by_daemon": true,
-                                        "idle_since": 1764600000.0, "listening": ["db"]}}}
+                                        "idle_since": 1764600000.0, "listening": ["db"],
+                                        "lease": true}}}
+
+("lease": a lease tag of ours may be on the instance; a file written before teams lacks it.)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger("bastion_tray.daemon")
 VERSION = 2
 MAX_BYTES = 1024 * 1024  # far more than any number of profiles needs
 _KEYS = {"instance_id", "started_by_daemon", "idle_since", "listening"}
+_OPTIONAL = {"lease"}
 
 
 class StateFileShapeError(ValueError):
@@ -33,9 +37,12 @@ class StateFileShapeError(ValueError):
 
 
 def _entry(name: str, raw: Any) -> Persisted:
-    if not isinstance(raw, dict) or set(raw) != _KEYS:
+    if not isinstance(raw, dict) or not _KEYS <= set(raw) <= _KEYS | _OPTIONAL:
         raise StateFileShapeError(f"profile {name!r}: expected exactly the keys "
-                                  f"{sorted(_KEYS)}")
+                                  f"{sorted(_KEYS | _OPTIONAL)}")
+    lease = raw.get("lease", False)
+    if not isinstance(lease, bool):
+        raise StateFileShapeError(f"profile {name!r}: lease must be true or false")
     instance, started, since, listening = (raw["instance_id"], raw["started_by_daemon"],
                                            raw["idle_since"], raw["listening"])
     if instance is not None and not (isinstance(instance, str) and instance):
@@ -48,7 +55,7 @@ def _entry(name: str, raw: Any) -> Persisted:
     if not isinstance(listening, list) or not all(isinstance(f, str) for f in listening):
         raise StateFileShapeError(f"profile {name!r}: listening must be a list of names")
     return Persisted(instance, started, None if since is None else float(since),
-                     tuple(sorted(set(listening))))
+                     tuple(sorted(set(listening))), lease)
 
 
 def parse_state(text: str) -> dict[str, Persisted]:
@@ -70,7 +77,8 @@ def _refuse(constant: str) -> Any:
 
 def _as_json(record: Persisted) -> dict[str, Any]:
     return {"instance_id": record.instance_id, "started_by_daemon": record.started_by_us,
-            "idle_since": record.idle_since, "listening": list(record.listening)}
+            "idle_since": record.idle_since, "listening": list(record.listening),
+            "lease": record.lease}
 
 
 class StateFile:

@@ -17,6 +17,7 @@ from bastion_tray.core.config import (
 )
 from bastion_tray.core.errors import BastionTrayError, SSHError
 from bastion_tray.core.ports import InstanceInfo, Progress
+from bastion_tray.core.team import LEASE_PREFIX, iso_utc
 from bastion_tray.service.events import EventBus
 from bastion_tray.service.runtime import ProfileRuntime
 from bastion_tray.service.statefile import StateFile
@@ -47,6 +48,24 @@ class FakeCloud:
         self.next_addresses: list[str] = []
         self.calls: list[str] = []
         self.fail: dict[str, BastionTrayError] = {}
+        self.tags: dict[str, str] = {}  # the instance's tags (leases)
+        self.lease_calls: list[str] = []
+
+    def _leases(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k[len(LEASE_PREFIX):], v) for k, v in self.tags.items()
+                            if k.startswith(LEASE_PREFIX)))
+
+    def put_lease(self, user_id: str, until: float) -> None:
+        self.lease_calls.append(f"put:{user_id}")
+        if "put_lease" in self.fail:
+            raise self.fail["put_lease"]
+        self.tags[LEASE_PREFIX + user_id] = iso_utc(until)
+
+    def delete_lease(self, user_id: str) -> None:
+        self.lease_calls.append(f"delete:{user_id}")
+        if "delete_lease" in self.fail:
+            raise self.fail["delete_lease"]
+        self.tags.pop(LEASE_PREFIX + user_id, None)
 
     def describe(self) -> InstanceInfo:
         if "describe" in self.fail:
@@ -56,9 +75,10 @@ class FakeCloud:
             self.state = "running" if state == "pending" else "stopped"
         self.calls.append(f"describe:{state}")
         if state != "running":
-            return InstanceInfo(INSTANCE, state, "foo-bastion", None, None)
+            return InstanceInfo(INSTANCE, state, "foo-bastion", None, None, self._leases())
         return InstanceInfo(INSTANCE, self.state, "foo-bastion",
-                            self.address if self.state == "running" else None, None)
+                            self.address if self.state == "running" else None, None,
+                            self._leases())
 
     def start(self) -> None:
         self.calls.append("start")
@@ -73,6 +93,39 @@ class FakeCloud:
         if "stop" in self.fail:
             raise self.fail["stop"]
         self.state = "stopping"
+
+
+class SharedBastion:
+    """The bastion's sshd as several daemons and plain ssh users see it: who is connected."""
+
+    def __init__(self) -> None:
+        self.links: list[FakeLink] = []
+        self.plain = 0  # teammates with plain `ssh -N -L`
+
+    def others(self, link: FakeLink) -> int:
+        return self.plain + sum(1 for each in self.links if each.alive and each is not link)
+
+
+class FakeBackstop:
+    """EventBridge Scheduler: one schedule per instance, pushed to the later time."""
+
+    def __init__(self) -> None:
+        self.schedules: dict[str, float] = {}
+        self.calls: list[str] = []
+        self.fail: BastionTrayError | None = None
+
+    def push(self, instance_id: str, at: float) -> float:
+        self.calls.append("push")
+        if self.fail is not None:
+            raise self.fail
+        self.schedules[instance_id] = max(self.schedules.get(instance_id, 0.0), at)
+        return self.schedules[instance_id]
+
+    def delete(self, instance_id: str) -> None:
+        self.calls.append("delete")
+        if self.fail is not None:
+            raise self.fail
+        self.schedules.pop(instance_id, None)
 
 
 class FakeChannel:
@@ -99,6 +152,9 @@ class FakeLink:
         channel = FakeChannel(host, port)
         self.channels.append(channel)
         return channel
+
+    def run(self, command: str, timeout: float) -> str:
+        raise NotImplementedError("FakeAdapters.count_sessions answers instead")
 
     def lose(self, reason: str = "no reply to keepalives") -> None:
         self.alive = False
@@ -142,8 +198,10 @@ class FakeListener:
 
 
 class FakeAdapters:
-    def __init__(self, cloud: FakeCloud) -> None:
+    def __init__(self, cloud: FakeCloud, shared: SharedBastion | None = None,
+                 backstop: FakeBackstop | None = None) -> None:
         self.the_cloud = cloud
+        self.shared = shared
         self.links: list[FakeLink] = []
         self.listeners: dict[str, FakeListener] = {}
         self.waited: list[str] = []
@@ -151,9 +209,23 @@ class FakeAdapters:
         self.ssh_error: BastionTrayError | None = None
         self.recorded: list[str] = []
         self.host_key = ("SHA256:right", "ssh-ed25519 AAAA")
+        self.the_backstop = backstop or FakeBackstop()
+        self.others_on_bastion: int | BastionTrayError = 0  # what a count answers
+        self.counted_over: list[FakeLink] = []
 
     def cloud(self, profile: Profile) -> FakeCloud:
         return self.the_cloud
+
+    def backstop(self, profile: Profile) -> FakeBackstop:
+        return self.the_backstop
+
+    def count_sessions(self, link: FakeLink) -> int:
+        self.counted_over.append(link)
+        if isinstance(self.others_on_bastion, BastionTrayError):
+            raise self.others_on_bastion
+        if self.shared is not None:
+            return self.shared.others(link)
+        return self.others_on_bastion
 
     def wait_ssh(self, host: str, port: int, *, timeout: float,
                  progress: Progress | None = None) -> float:
@@ -168,6 +240,8 @@ class FakeAdapters:
             raise self.connect_error
         link = FakeLink(host, on_lost)
         self.links.append(link)
+        if self.shared is not None:
+            self.shared.links.append(link)
         return link
 
     def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Any],
@@ -218,11 +292,15 @@ class Spawner:
             work()
 
 
+ROLE = "arn:aws:iam::123456789012:role/bastion-tray-backstop"
+
+
 def make_profile(*, idle_timeout: float = 600, warn_before: float = 120,
-                 auto_stop: bool = True, host: str = "auto") -> Profile:
+                 auto_stop: bool = True, host: str = "auto", backstop: float | None = 3600,
+                 backstop_role: str | None = ROLE) -> Profile:
     bastion = BastionConfig(instance_id=INSTANCE, name=None, user="ec2-user",
                             identity_file=None, host=host, idle_timeout=idle_timeout,
-                            auto_stop=auto_stop)
+                            auto_stop=auto_stop, backstop=backstop, backstop_role=backstop_role)
     db = ForwardConfig("db", 13306, "db.internal", 3306)
     return Profile("foo", "ap-northeast-1", None, bastion, forwards={"db": db},
                    warn_before=warn_before)
@@ -233,25 +311,29 @@ class Harness:
     state file, as a daemon restarted after a SIGKILL would."""
 
     def __init__(self, cloud: FakeCloud | None = None, state_dir: Path | None = None,
-                 **profile: Any) -> None:
+                 user_id: str = "me@laptop-a", lease_ttl: float = 600,
+                 clock: FakeClock | None = None, shared: SharedBastion | None = None,
+                 scheduler: FakeBackstop | None = None, **profile: Any) -> None:
+        self.settings = Settings(user_id=user_id, lease_ttl=lease_ttl)
         self.cloud = cloud or FakeCloud()
-        self.clock = FakeClock()
+        self.clock = clock or FakeClock()
+        self.shared, self.scheduler = shared, scheduler
         self.spawner = Spawner()
         self.bus = EventBus()
         self.events = self.bus.subscribe()
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="bt-state-"))
         self.profile = make_profile(**profile)
-        self.adapters = FakeAdapters(self.cloud)
+        self.adapters = FakeAdapters(self.cloud, shared, scheduler)
         self.rt = self._runtime()
 
     def _runtime(self) -> ProfileRuntime:
         statefile = StateFile(self.state_dir / "daemon-state.json")
-        return ProfileRuntime(self.profile, Settings(), self.adapters, self.bus,  # type: ignore[arg-type]
-                              statefile, clock=self.clock, spawn=self.spawner,
-                              timings=lc.Timings(ready_timeout=300))
+        return ProfileRuntime(self.profile, self.settings, self.adapters,  # type: ignore[arg-type]
+                              self.bus, statefile, clock=self.clock, spawn=self.spawner,
+                              timings=lc.Timings(ready_timeout=300, recheck=10))
 
     def restart(self) -> ProfileRuntime:
-        self.adapters = FakeAdapters(self.cloud)
+        self.adapters = FakeAdapters(self.cloud, self.shared, self.scheduler)
         self.rt = self._runtime()
         return self.rt
 

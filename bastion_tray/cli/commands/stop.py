@@ -18,8 +18,11 @@ DEFAULT_KEEP = "1h"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("stop", help="close the profile's forwards and sessions, stop the instance")
+    p = sub.add_parser("stop", help="close the profile's forwards and sessions, stop the instance "
+                                    "(refused while teammates use it, unless --force)")
     p.add_argument("profile")
+    p.add_argument("--force", action="store_true",
+                   help="stop it even while others use the bastion (it cuts them off)")
     p.set_defaults(run=run_stop)
     k = sub.add_parser("keep", help=f"postpone the idle stop (default {DEFAULT_KEEP}, at most "
                                      f"{format_duration(KEEP_LIMIT)})")
@@ -35,7 +38,7 @@ def run_stop(args: argparse.Namespace) -> int:
     config = session.load(args)
     profile = session.profile_arg(config, args.profile)
     with session.connect(config) as client:
-        reply = client.request("stop", profile=profile.name)
+        reply = client.request("stop", profile=profile.name, force=args.force)
     print(f"{profile.name}: {reply['state']}")
     return 0
 

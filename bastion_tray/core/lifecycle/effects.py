@@ -72,6 +72,42 @@ class StopFinished:
 
 
 @dataclass(frozen=True)
+class PutLease:
+    """Write our lease tag with this expiry (epoch seconds)."""
+
+    call: int
+    until: float
+
+
+@dataclass(frozen=True)
+class DeleteLease:
+    call: int
+
+
+@dataclass(frozen=True)
+class PushBackstop:
+    """Make the instance's backstop schedule fire no earlier than `at`."""
+
+    call: int
+    instance_id: str
+    at: float
+
+
+@dataclass(frozen=True)
+class DeleteBackstop:
+    call: int
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class CountSessions:
+    """Count others' SSH connections on the bastion: over the link when it is up, else over a
+    connection of its own that closes right after."""
+
+    check: int
+
+
+@dataclass(frozen=True)
 class Save:
     record: Persisted
 
@@ -89,7 +125,8 @@ class Log:
 
 
 Effect = (CallCloud | WaitSsh | OpenLink | KeepLink | DropLink | CloseLink | CloseConnections
-          | Resolve | StopFinished | Save | Publish | Log)
+          | Resolve | StopFinished | Save | Publish | Log | PutLease | DeleteLease | PushBackstop
+          | DeleteBackstop | CountSessions)
 
 
 Result = tuple[Lifecycle, list[Effect]]

@@ -94,6 +94,33 @@ class StopRequested:
     waiter: int
     reason: str
     close_listeners: bool = True
+    force: bool = False  # stop even while others use the bastion
+
+
+@dataclass(frozen=True)
+class LeaseDone:
+    """A PutLease or DeleteLease came back (error None: it worked)."""
+
+    call: int
+    error: BastionTrayError | None = None
+
+
+@dataclass(frozen=True)
+class BackstopDone:
+    """A PushBackstop (fires_at: when it fires now) or DeleteBackstop came back."""
+
+    call: int
+    fires_at: float | None = None
+    error: BastionTrayError | None = None
+
+
+@dataclass(frozen=True)
+class SessionsCounted:
+    """Others' SSH connections on the bastion (ours subtracted); None with the error."""
+
+    check: int
+    others: int | None
+    error: BastionTrayError | None = None
 
 
 @dataclass(frozen=True)
@@ -116,4 +143,4 @@ class ClearError:
 
 Event = (Demand | GiveUp | Tick | Activity | Refresh | Seen | CallDone | CallFailed
          | SshAnswered | SshFailed | LinkUp | LinkFailed | LinkLost | Keep | StopRequested
-         | Exit | ForwardListening | ClearError)
+         | Exit | ForwardListening | ClearError | LeaseDone | BackstopDone | SessionsCounted)

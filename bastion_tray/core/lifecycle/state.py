@@ -25,6 +25,8 @@ class Timings:
     backoff_max: float = 30.0  # reconnect delays double up to this
     api_slow: float = 5.0  # an EC2 call silent this long: say "still waiting for the EC2 API"
     api_give_up: float = 30.0  # an EC2 call silent this long has failed
+    recheck: float = 30.0  # while others use the bastion, look again this often (± 20 %)
+    count_failures: int = 3  # counting others' SSH sessions failed this often: leases alone decide
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,12 @@ class Setup:
     policy: IdlePolicy
     timings: Timings = field(default_factory=Timings)
     endpoint: str = "the EC2 API"  # where EC2 calls go, for messages about a hanging endpoint
+    user_id: str = "me"  # this user's lease tag is bastion-tray:lease:<user_id>
+    lease_ttl: float = 600.0  # a lease's life; renewed every third of it
+    backstop: float | None = None  # seconds ahead the cloud-side stop is kept; None: off
+    backstop_off: str | None = None  # why it is off, for status
+    jitter: float = 0.0  # 0…1, this daemon's phase of the re-check period (two idle daemons
+    # that vetoed each other must not keep looking at the same moment)
 
 
 class Phase(Enum):
@@ -69,6 +77,52 @@ class CloudCall:
 
 
 @dataclass(frozen=True)
+class Check:
+    """Looking at who else uses the bastion before a stop: a fresh describe (their leases)
+    and a count of the SSH connections on the bastion, whichever answers first."""
+
+    id: int
+    kind: str  # "idle" (the idle timeout), "recheck", "exit", "stop" (an explicit stop)
+    reason: str
+    since: float
+    waiter: int | None = None  # the explicit stop's or the exit's request
+    close_listeners: bool = True  # what the explicit stop asked for
+    info: InstanceInfo | None = None  # the describe that answered after `since`
+    counted: bool = False
+    sessions: int | None = None  # others' SSH connections; None: the count failed
+    count_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Team:
+    """This daemon's part in a shared bastion: its lease, the backstop, the stop check."""
+
+    lease_until: float | None = None  # our lease tag's expiry as last written
+    lease_maybe: bool = False  # a tag of ours may exist (a put in flight or failed, a crash)
+    lease_renew_at: float | None = None  # put again then
+    lease_retry_at: float | None = None  # a put or delete failed: try again then
+    lease_call: int | None = None  # the one lease call in flight
+    lease_op: str = ""  # "put" or "delete"
+    lease_pending: float | None = None  # the expiry a put in flight writes
+    lease_error: str | None = None
+    backstop_at: float | None = None  # when the schedule fires, as last pushed
+    backstop_pushed: float | None = None  # when we last pushed it
+    backstop_retry_at: float | None = None
+    backstop_call: int | None = None
+    backstop_op: str = ""  # "push" or "delete"
+    backstop_delete: bool = False  # the last user's stop: delete the schedule
+    backstop_error: str | None = None
+    check: Check | None = None
+    checks: int = 0  # how many checks began (ids, and the jitter's sequence)
+    watching: bool = False  # idle but others use it: no lease, no link, look again later
+    recheck_at: float | None = None
+    in_use_by: tuple[str, ...] = ()  # other users' live leases, as last seen
+    other_sessions: int = 0  # others' SSH connections on the bastion, as last counted
+    count_failures: int = 0  # in a row
+    exit_waiters: tuple[int, ...] = ()  # the daemon's exit waits until the lease is gone
+
+
+@dataclass(frozen=True)
 class Persisted:
     """What must survive a SIGKILL of the daemon: saved whenever it changes."""
 
@@ -76,6 +130,7 @@ class Persisted:
     started_by_us: bool = False
     idle_since: float | None = None
     listening: tuple[str, ...] = ()  # forwards that were listening
+    lease: bool = False  # a lease tag of ours may exist on the instance
 
 
 @dataclass(frozen=True)
@@ -111,6 +166,7 @@ class Lifecycle:
     backoff: float = 0.0
     exiting: bool = False  # the daemon is shutting down: nothing starts any more
     saved: Persisted | None = None  # loaded at start, merged at the first describe
+    team: Team = field(default_factory=Team)
 
     @property
     def running(self) -> bool:
@@ -124,13 +180,16 @@ class Lifecycle:
         return self.instance.address if self.instance else None
 
     def persisted(self) -> Persisted:
+        lease = self.team.lease_until is not None or self.team.lease_maybe
         if self.saved is not None:  # not merged yet: keep what was saved
-            return replace(self.saved, listening=tuple(sorted(self.listening)))
+            return replace(self.saved, listening=tuple(sorted(self.listening)), lease=lease)
         return Persisted(self.instance.instance_id if self.instance else None,
-                         self.started_by_us, self.idle.idle_since, tuple(sorted(self.listening)))
+                         self.started_by_us, self.idle.idle_since, tuple(sorted(self.listening)),
+                         lease)
 
 
 def initial(setup: Setup, saved: Persisted | None = None) -> Lifecycle:
     listening = frozenset(saved.listening) if saved else frozenset()
-    return Lifecycle(setup=setup, saved=saved, listening=listening,
+    team = Team(lease_maybe=bool(saved and saved.lease))  # a crash may have left our tag
+    return Lifecycle(setup=setup, saved=saved, listening=listening, team=team,
                      backoff=setup.timings.backoff_first)

@@ -25,6 +25,7 @@ from bastion_tray.core.lifecycle.bringup import (
 from bastion_tray.core.lifecycle.effects import CloseLink, Effect, Log, Publish, Result, Save
 from bastion_tray.core.lifecycle.events import (
     Activity,
+    BackstopDone,
     CallDone,
     CallFailed,
     ClearError,
@@ -34,20 +35,32 @@ from bastion_tray.core.lifecycle.events import (
     ForwardListening,
     GiveUp,
     Keep,
+    LeaseDone,
     LinkFailed,
     LinkLost,
     LinkUp,
     Refresh,
     Seen,
+    SessionsCounted,
     SshAnswered,
     SshFailed,
     StopRequested,
     Tick,
 )
+from bastion_tray.core.lifecycle.sharing import (
+    check_failed,
+    check_seen,
+    on_backstop_done,
+    on_counted,
+    on_lease_done,
+    reconcile,
+)
 from bastion_tray.core.lifecycle.state import KEEP_MAX, Goal, Lifecycle, Link, Phase
 from bastion_tray.core.lifecycle.stopping import (
     _on_exit,
     _on_stop,
+    after_check,
+    check_tick,
     finish_stop,
     idle_decision,
     stopping_seen,
@@ -60,6 +73,10 @@ def step(s: Lifecycle, ev: Event, now: float) -> Result:
     before = s.persisted()
     handler = _HANDLERS[type(ev)]
     s, out = handler(s, ev, now)
+    s, more = after_check(s, now)
+    out += more
+    s, more = reconcile(s, now)
+    out += more
     after = s.persisted()
     if after != before:
         out.append(Save(after))
@@ -81,6 +98,7 @@ def _on_seen(s: Lifecycle, ev: Seen, now: float) -> Result:
     if s.call is None or ev.call != s.call.id:
         return s, []  # an answer we stopped waiting for
     before = s.instance.state if s.instance else None
+    s = check_seen(s, s.call.since, ev.info)
     s = _merge_saved(replace(s, call=None, instance=ev.info), ev.info)
     info = ev.info
     out: list[Effect] = []
@@ -132,6 +150,8 @@ def call_failed(s: Lifecycle, error: BastionTrayError, now: float) -> Result:
     if s.phase is Phase.STOPPING:
         state = s.instance.state if s.instance else "unknown"
         return finish_stop(s, state, error, now)
+    if s.team.check is not None:
+        return check_failed(s, error, now)
     return replace(s, error=error), [Log("warning", f"cannot read the instance state: "
                                                     f"{error.message}"),
                                      Publish("changed")]
@@ -140,7 +160,7 @@ def call_failed(s: Lifecycle, error: BastionTrayError, now: float) -> Result:
 def _on_tick(s: Lifecycle, ev: Tick, now: float) -> Result:
     t = s.setup.timings
     s = observe(replace(s, activity=max(0, ev.activity)), now)
-    out: list[Effect] = []
+    s, out = check_tick(s, now)
     call = s.call
     if call is not None:
         silent = now - call.since
@@ -194,8 +214,16 @@ def _on_keep(s: Lifecycle, ev: Keep, now: float) -> Result:
         return s, [Log("warning", f"ignored keep of {seconds!r}: not a duration")]
     seconds = min(float(seconds), KEEP_MAX)
     s = replace(s, idle=s.idle.postpone(now, seconds))
-    return s, [Log("info", f"keep running: no idle stop for {format_duration(seconds)}"),
-               Publish("changed")]
+    out: list[Effect] = [Log("info", f"keep running: no idle stop for {format_duration(seconds)}"),
+                         Publish("changed")]
+    team = s.team
+    if team.watching or (team.check is not None and team.check.kind in ("idle", "recheck")):
+        s = replace(s, team=replace(team, watching=False, recheck_at=None, check=None,
+                                    in_use_by=(), other_sessions=0))
+    if s.running and s.phase is Phase.IDLE and s.link is Link.DOWN and not s.exiting:
+        s, more = begin(s, Goal.LINK, False, now)  # kept for use: the link (and lease) again
+        out += more
+    return s, out
 
 
 def _on_forward(s: Lifecycle, ev: ForwardListening, now: float) -> Result:
@@ -218,5 +246,6 @@ _HANDLERS: dict[type, Any] = {
     SshAnswered: _on_ssh_answered, SshFailed: _on_attempt_failed, LinkUp: _on_link_up,
     LinkFailed: _on_attempt_failed, LinkLost: _on_link_lost, Keep: _on_keep,
     StopRequested: _on_stop, Exit: _on_exit, ForwardListening: _on_forward,
-    ClearError: _on_clear_error,
+    ClearError: _on_clear_error, LeaseDone: on_lease_done, BackstopDone: on_backstop_done,
+    SessionsCounted: on_counted,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bastion_tray.core.errors import BastionTrayError, DaemonError
+from bastion_tray.core.errors import BastionTrayError, DaemonError, WaitTimeout
 from bastion_tray.core.idle import IdleClock, Verdict
 from bastion_tray.core.lifecycle.bringup import begin, cloud_call
 from bastion_tray.core.lifecycle.effects import (
@@ -18,6 +18,14 @@ from bastion_tray.core.lifecycle.effects import (
     StopFinished,
 )
 from bastion_tray.core.lifecycle.events import Exit, StopRequested
+from bastion_tray.core.lifecycle.sharing import (
+    CHECK_GIVE_UP,
+    UP,
+    begin_check,
+    check_failed,
+    check_timed_out,
+    settle,
+)
 from bastion_tray.core.lifecycle.state import Lifecycle, Link, Phase
 from bastion_tray.core.ports import InstanceInfo
 
@@ -54,15 +62,48 @@ def finish_stop(s: Lifecycle, state: str, error: BastionTrayError | None,
 
 
 def idle_decision(s: Lifecycle, now: float) -> Result:
+    t = s.team
+    if t.check is not None:
+        return s, []  # its answers decide
     decision = s.idle.decide(s.setup.policy, s.activity, now)
+    if t.watching or t.recheck_at is not None:  # others used it (or we could not look)
+        if decision.verdict is not Verdict.STOP:  # "keep running" came meanwhile
+            return replace(s, team=replace(t, watching=False, recheck_at=None)), []
+        if t.recheck_at is not None and now >= t.recheck_at:
+            return begin_check(s, "recheck", decision.reason, now)
+        return s, []
     if decision.verdict is Verdict.WARN:
         s = replace(s, idle=s.idle.warned_now())
         return s, [Log("info", decision.reason),
                    Publish("warn", {"stops_in": round(decision.stops_in or 0),
                                     "reason": decision.reason})]
     if decision.verdict is Verdict.STOP:
-        return begin_stop(s, decision.reason, listeners=False, now=now)
+        return begin_check(s, "idle", decision.reason, now)
     return s, []
+
+
+def check_tick(s: Lifecycle, now: float) -> Result:
+    """A check whose answers never came: it failed (the service should always answer)."""
+    if not check_timed_out(s, now):
+        return s, []
+    return check_failed(s, WaitTimeout(f"no answer within {CHECK_GIVE_UP:.0f} s"), now)
+
+
+def after_check(s: Lifecycle, now: float) -> Result:
+    """Once a check's answers are in: stop, or not."""
+    check = s.team.check
+    s, out, why = settle(s, now)
+    if check is None or why is None:
+        return s, out
+    listeners = check.close_listeners if check.kind == "stop" else False
+    s, more = begin_stop(s, why, listeners=listeners, now=now)
+    out += more
+    if check.kind == "stop" and check.waiter is not None:
+        if s.phase is Phase.STOPPING:
+            s = replace(s, stop_waiters=(*s.stop_waiters, check.waiter))
+        else:
+            out.append(StopFinished((check.waiter,), s.instance.state if s.instance else "?"))
+    return s, out
 
 
 def begin_stop(s: Lifecycle, reason: str, *, listeners: bool, now: float) -> Result:
@@ -92,28 +133,64 @@ def begin_stop(s: Lifecycle, reason: str, *, listeners: bool, now: float) -> Res
     return finished, out + more
 
 
+def _up(s: Lifecycle) -> bool:
+    """The instance runs or is on its way (a start in flight counts)."""
+    state = s.instance.state if s.instance else None
+    return state in UP or (s.call is not None and s.call.op == "start")
+
+
+def _ours_alone(s: Lifecycle) -> bool:
+    """We started it moments ago and it is still coming up: nobody else can be on it."""
+    return s.phase is Phase.STARTING and s.started_this_attempt
+
+
 def _on_stop(s: Lifecycle, ev: StopRequested, now: float) -> Result:
     if s.phase is Phase.STOPPING:
         return replace(s, stop_waiters=(*s.stop_waiters, ev.waiter)), []
-    s, out = begin_stop(s, ev.reason, listeners=ev.close_listeners, now=now)
+    out: list[Effect] = []
+    old = s.team.check
+    if old is not None and old.waiter is not None and old.kind == "stop":
+        out.append(StopFinished((old.waiter,), s.instance.state if s.instance else "unknown",
+                                DaemonError("another stop request took over")))
+    if not ev.force and _up(s) and not _ours_alone(s):
+        s, more = begin_check(s, "stop", ev.reason, now, waiter=ev.waiter,
+                              close_listeners=ev.close_listeners)
+        return s, out + more
+    if _up(s):  # forced, or ours alone: we are the last one, whoever else was there
+        s = replace(s, team=replace(s.team, backstop_delete=True, check=None, watching=False))
+    s, more = begin_stop(s, ev.reason, listeners=ev.close_listeners, now=now)
+    out += more
     if s.phase is Phase.STOPPING:
         return replace(s, stop_waiters=(*s.stop_waiters, ev.waiter)), out
     return s, [*out, StopFinished((ev.waiter,), s.instance.state if s.instance else "unknown")]
 
 
 def _on_exit(s: Lifecycle, ev: Exit, now: float) -> Result:
-    state = s.instance.state if s.instance else None
+    """Exit once what is ours is gone from the instance (the stop, the lease, the backstop):
+    sharing.reconcile resolves the waiter then."""
     ours = s.started_by_us or (s.saved is not None and s.saved.started_by_us)
-    s = replace(s, exiting=True, retry_at=None)
-    if s.phase is Phase.STOPPING:
-        return replace(s, stop_waiters=(*s.stop_waiters, ev.waiter)), []
-    starting = s.call is not None and s.call.op == "start"
-    if s.setup.policy.auto_stop and ours and (state in ("pending", "running") or starting):
-        return _on_stop(s, StopRequested(ev.waiter, "the daemon is exiting and started this "
-                                                    "bastion"), now)
+    team = s.team
+    check = team.check if team.check is not None and team.check.kind == "stop" else None
+    s = replace(s, exiting=True, retry_at=None,
+                team=replace(team, exit_waiters=(*team.exit_waiters, ev.waiter), check=check,
+                             watching=False, recheck_at=None))
+    if s.phase is Phase.STOPPING or check is not None:
+        return s, []
+    reason = "the daemon is exiting and started this bastion"
+    if s.setup.policy.auto_stop and ours and _up(s):
+        if _ours_alone(s):
+            s = replace(s, team=replace(s.team, backstop_delete=True))
+            return begin_stop(s, reason, listeners=True, now=now)
+        s, out = _abandon_bring_up(s)
+        s, more = begin_check(s, "exit", reason, now)
+        return s, out + more
+    return _abandon_bring_up(s)
+
+
+def _abandon_bring_up(s: Lifecycle) -> Result:
     out: list[Effect] = []
     if s.waiters:
         out.append(Resolve(tuple(w for w, _ in s.waiters),
                            error=DaemonError("the daemon is exiting")))
-    s = replace(s, phase=Phase.IDLE, label=None, waiters=())
-    return s, [*out, StopFinished((ev.waiter,), state or "unknown")]
+    link = Link.DOWN if s.link is Link.CONNECTING else s.link  # a late link is dropped
+    return replace(s, phase=Phase.IDLE, label=None, waiters=(), began_at=None, link=link), out
