@@ -217,3 +217,14 @@ def test_the_tray_without_notifications_keeps_both_in_its_menu_line(
     assert line.label.startswith("foo: db connected · bastion ready: db is ready at")
     assert not line.enabled
     assert "bastion ready" in app._title and "db connected" in app._title
+
+
+def test_a_teammate_keeping_the_bastion_up_is_one_notice_that_names_them() -> None:
+    notice = notice_for_event({"type": "in_use", "profile": "foo",
+                               "in_use_by": ["bob@laptop-b"], "other_sessions": 1})
+    assert notice is not None
+    assert notice.title == "foo: in use by bob@laptop-b (1 SSH connection)"
+    assert "you are idle" in notice.message and notice.icon is IconState.READY
+    plain = notice_for_event({"type": "in_use", "profile": "foo", "in_use_by": [],
+                              "other_sessions": 2})
+    assert plain is not None and plain.title == "foo: in use by 2 other SSH sessions"

@@ -61,17 +61,17 @@ def test_keys_it_does_not_know_are_kept_at_every_level() -> None:
     data["new_top"] = {"x": [1, 2]}
     data["daemon"]["uptime"] = 12
     foo = data["profiles"]["foo"]
-    foo["in_use_by"] = ["alice@laptop"]
+    foo["watchers"] = ["alice@laptop"]
     foo["backstop"] = {"at": "2026-12-01T22:10:00Z", "role": None}
     foo["bastion"]["az"] = "ap-northeast-1a"
     foo["forwards"]["db"]["bind"] = "127.0.0.1"
     status = Status.from_json(data)
     p = status.profiles["foo"]
-    assert p.extra["in_use_by"] == ["alice@laptop"] and p.bastion.extra == {
+    assert p.extra["watchers"] == ["alice@laptop"] and p.bastion.extra == {
         "az": "ap-northeast-1a"}
     assert status.to_json() == data
-    data["profiles"]["foo"]["in_use_by"].append("bob")  # the value holds its own copy
-    assert p.extra["in_use_by"] == ["alice@laptop"]
+    data["profiles"]["foo"]["watchers"].append("bob")  # the value holds its own copy
+    assert p.extra["watchers"] == ["alice@laptop"]
 
 
 def test_missing_optional_keys_get_defaults_and_stay_missing() -> None:

@@ -255,6 +255,9 @@ class ProfileStatus:
     starting_for_seconds: float | None = None  # not null while a bring-up runs
     started_by_daemon: bool = False  # so Quit stops it
     error: ErrorStatus | None = None
+    in_use_by: tuple[str, ...] = ()  # teammates whose live lease kept it from stopping
+    other_sessions: int = 0  # others' SSH connections on the bastion, as last counted
+    waiting_for_others: bool = False  # idle, and the stop waits until the others are gone
     extra: Mapping[str, Any] = _mapping_field()
     absent: frozenset[str] = _absent_field()
 
@@ -278,6 +281,8 @@ class ProfileStatus:
             starting_for_seconds=f.seconds("starting_for_seconds"),
             started_by_daemon=f.flag("started_by_daemon"),
             error=None if error is None else ErrorStatus.from_json(error, f"{where}.error"),
+            in_use_by=f.names("in_use_by"), other_sessions=f.count("other_sessions"),
+            waiting_for_others=f.flag("waiting_for_others"),
             extra=f.extra(), absent=frozenset(f.absent))
 
     def to_json(self) -> JSON:
@@ -291,6 +296,8 @@ class ProfileStatus:
             "phase": self.phase, "starting_for_seconds": self.starting_for_seconds,
             "started_by_daemon": self.started_by_daemon,
             "error": None if self.error is None else self.error.to_json(),
+            "in_use_by": list(self.in_use_by), "other_sessions": self.other_sessions,
+            "waiting_for_others": self.waiting_for_others,
         }, self.extra, self.absent)
 
     # ---- reading it ------------------------------------------------------------------------
@@ -410,7 +417,8 @@ def status_line(name: str, profile: ProfileStatus, *, warn_before: float | None 
     'foo: starting… 23 s · waiting for SSH', 'foo: error — <short reason>', 'foo: stopped',
     'foo: running · 2 connections', 'foo: running · stops in 18 min' and, once the stop is
     `warn_before` seconds away or less (the profile's warn_before), 'foo: running · idle,
-    stops in 2 min'.
+    stops in 2 min'; and while teammates keep it up, 'foo: in use by bob@laptop-b · you are
+    idle'.
     """
     p = profile
     if p.starting_for_seconds is not None:
@@ -421,6 +429,12 @@ def status_line(name: str, profile: ProfileStatus, *, warn_before: float | None 
     state = p.bastion.state
     if state != "running":
         return f"{name}: {'state unknown' if state == 'unknown' else state}"
+    if p.waiting_for_others:
+        who = (f"in use by {', '.join(p.in_use_by)}" if p.in_use_by else
+               f"in use by {p.other_sessions} other SSH session"
+               f"{'s' if p.other_sessions != 1 else ''}" if p.other_sessions else
+               "maybe in use by others")
+        return f"{name}: {who} · you are idle"
     parts = ["running"]
     if p.bastion.ssh != "connected":
         parts.append("SSH connecting" if p.bastion.ssh == "connecting" else "not connected")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bastion_tray.core.status import human_duration
+from bastion_tray.core.team import in_use_text
 from bastion_tray.ui.model import IconState
 
 
@@ -53,6 +54,12 @@ def notice_for_event(event: Mapping[str, Any]) -> Notice | None:
         return Notice(f"{profile}: bastion stopped",
                       f"{event.get('state') or 'stopped'}" + (f" ({reason})" if reason else ""),
                       IconState.STOPPED)
+    if kind == "in_use":
+        users = [str(u) for u in event.get("in_use_by") or []]
+        sessions = event.get("other_sessions")
+        who = in_use_text(users, sessions if isinstance(sessions, int) else 0)
+        return Notice(f"{profile}: {who}", f"you are idle; {profile} stops once they are gone",
+                      IconState.READY)
     if kind == "error":
         return Notice(f"{profile}: error", error_text(str(event.get("message") or ""),
                                                       event.get("hint")), IconState.ERROR)

@@ -33,10 +33,41 @@ def describe(name: str, p: ProfileStatus, warn_before: float | None = None) -> l
         remote = f" → {f.remote}" if f.remote else ""
         lines.append(f"  forward {fname}: {f.local}{remote} ({state}, "
                      f"{f.active_connections} active)")
+    lines += team_lines(p)
     if p.error is not None:
         lines.append(f"  error: {p.error.message}")
         if p.error.hint:
             lines.append(f"    → {p.error.hint}")
+    return lines
+
+
+def team_lines(p: ProfileStatus) -> list[str]:
+    """Who else keeps it up, our lease, and when the backstop would stop it (or why not)."""
+    lines = []
+    if p.waiting_for_others:
+        others = [*p.in_use_by]
+        if p.other_sessions:
+            others.append(f"{p.other_sessions} SSH connection"
+                          f"{'s' if p.other_sessions != 1 else ''} on the bastion")
+        lines.append(f"  in use by {', '.join(others) or 'others'}: it stops once they are "
+                     "gone")
+    lease = p.extra.get("lease")
+    if isinstance(lease, dict):
+        if lease.get("error"):
+            lines.append(f"  lease: {lease['error']}")
+        elif lease.get("held"):
+            lines.append(f"  lease of {p.extra.get('user_id', 'this user')}: until "
+                         f"{lease.get('until')}")
+    backstop = p.extra.get("backstop")
+    if isinstance(backstop, dict):
+        state, reason = backstop.get("state"), backstop.get("reason")
+        if state == "armed":
+            left = backstop.get("fires_in_seconds")
+            when = f" (in {human_duration(left)})" if isinstance(left, int | float) else ""
+            lines.append(f"  backstop: stops it at {backstop.get('fires_at')}{when} unless "
+                         "someone still uses it")
+        elif state in ("off", "error"):
+            lines.append(f"  backstop: {state} — {reason}")
     return lines
 
 

@@ -271,10 +271,14 @@ def _in_use(s: Lifecycle, check: Check, users: tuple[str, ...], sessions: int,
                                 "(it cuts them off)")
         return s, [StopFinished((check.waiter,) if check.waiter else (), _state(s), error)]
     out: list[Effect] = []
-    if check.kind != "recheck" or not s.team.watching:
+    news = not s.team.watching or (users, sessions) != s.team.last_in_use
+    if news:  # said when it starts or the others change, not at every look
         then = "not stopping it" if check.kind == "exit" else "looking again until they are gone"
-        out.append(Log("info", f"{check.reason}, but the bastion is {who}: {then}"))
-    out.append(Publish("in_use", {"in_use_by": list(users), "other_sessions": sessions}))
+        out += [Log("info", f"{check.reason}, but the bastion is {who}: {then}"),
+                Publish("in_use", {"in_use_by": list(users), "other_sessions": sessions})]
+    else:
+        out.append(Publish("changed"))
+    s = _team(s, last_in_use=(users, sessions))
     if check.kind == "exit":
         return s, out
     s = _team(s, watching=True, recheck_at=now + recheck_delay(s))

@@ -118,6 +118,7 @@ class Team:
     recheck_at: float | None = None
     in_use_by: tuple[str, ...] = ()  # other users' live leases, as last seen
     other_sessions: int = 0  # others' SSH connections on the bastion, as last counted
+    last_in_use: tuple[tuple[str, ...], int] = ((), 0)  # what was last said about them
     count_failures: int = 0  # in a row
     exit_waiters: tuple[int, ...] = ()  # the daemon's exit waits until the lease is gone
 
