@@ -1,10 +1,11 @@
 """One SSH transport to the bastion: connect, verify its host key, authenticate, keep it alive.
 
 `BastionConnection` is a handle: hold it, open ``direct-tcpip`` channels through it (ProxyJump
-sessions and -L forwards both ride on these), close it. A monitor thread sends an OpenSSH
-keepalive every `keepalive_interval` and declares the peer dead when no reply came for
-`MISSED_KEEPALIVES` intervals — paramiko's own ``set_keepalive`` only sends, it never notices
-that nothing comes back (a frozen instance keeps the TCP connection open for hours).
+sessions and -L forwards both ride on these), run a command on the bastion (`run`), close it.
+A monitor thread sends an OpenSSH keepalive every `keepalive_interval` and declares the peer
+dead when no reply came for `MISSED_KEEPALIVES` intervals — paramiko's own ``set_keepalive``
+only sends, it never notices that nothing comes back (a frozen instance keeps the TCP
+connection open for hours).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import paramiko
 
 from bastion_tray.adapters.hostkeys import HostKeyStore, fingerprint, negotiate
 from bastion_tray.adapters.readiness import hostport, open_tcp
+from bastion_tray.adapters.remote_exec import run_command
 from bastion_tray.core.config import BastionConfig
 from bastion_tray.core.errors import PassphraseNeeded, SSHError
 
@@ -280,6 +282,23 @@ class BastionConnection:
             detail = str(exc) or type(exc).__name__
             raise SSHError(f"opening a channel to {target} through the bastion failed: "
                            f"{detail}") from None
+
+    def run(self, command: str, timeout: float) -> str:
+        """`command`'s stdout on the bastion, through an exec channel of this link.
+
+        utf-8 with bad bytes replaced, at most 1 MiB. Raises SSHError when the bastion refuses
+        the exec, the command outlives `timeout` (never waited on much longer), or it exits
+        non-zero (the message carries the code and stderr's first line).
+        """
+        where = hostport(self.host, self.port)
+        if not self.alive:
+            raise SSHError(f"cannot run a command: the connection to the bastion {where} is "
+                           "closed" + (f" ({self._lost_reason})" if self._lost_reason else ""))
+        started = time.monotonic()
+        output = run_command(self._transport, command, timeout, where=where)
+        self._log.debug("ran a command (%d characters out) in %.2f s", len(output),
+                        time.monotonic() - started)
+        return output
 
     # -- liveness --------------------------------------------------------------------------
 
