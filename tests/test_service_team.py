@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from bastion_tray.core.errors import CloudError, InUseError, SSHError
+from bastion_tray.core.status import ProfileStatus, status_line
 from bastion_tray.core.team import LEASE_PREFIX, iso_utc, parse_iso_utc
 from tests.support.fakes import (
     INSTANCE,
@@ -111,6 +112,7 @@ def test_a_teammates_live_lease_keeps_the_bastion_running_until_it_is_gone() -> 
     assert lease(h) is None  # released: bob's daemon must not wait for us
     assert h.link.closed and s["bastion"]["ssh"] == "disconnected"
     assert [e["in_use_by"] for e in h.published("in_use")] == [[BOB]]
+    assert status_line("foo", ProfileStatus.from_json(s)) == f"foo: in use by {BOB} · you are idle"
     h.ticks(RECHECK)
     assert h.cloud.state == "running"  # still his
     del h.cloud.tags[LEASE_PREFIX + BOB]
@@ -139,6 +141,8 @@ def test_a_plain_ssh_teammate_vetoes_the_stop_and_rechecks_use_a_connection_of_t
     assert h.cloud.state == "running"
     s = h.status()
     assert (s["in_use_by"], s["other_sessions"]) == ([], 1)
+    assert status_line("foo", ProfileStatus.from_json(s)) == (
+        "foo: in use by 1 other SSH session · you are idle")
     assert h.adapters.counted_over == [own]  # the first count went over our link
     h.ticks(RECHECK)
     probe = h.adapters.counted_over[-1]
