@@ -1,8 +1,8 @@
 """Regenerate bastion_tray/adapters/botocore_data/: botocore's data cut to what we use.
 
 botocore parses the whole EC2 model (~700 operations, ~24 MB) and every service's endpoints
-(~7 MB) for one client: a third of a daemon that idles all day. We call four operations, so
-`cloud.default_session` puts these trimmed copies first on botocore's data path. Run after a
+(~7 MB) for one client: a third of a daemon that idles all day. We call a handful of operations,
+so `cloud.default_session` puts these trimmed copies first on botocore's data path. Run after a
 botocore upgrade:
     .venv/bin/python scripts/trim_ec2_model.py
 """
@@ -15,10 +15,14 @@ from typing import Any
 
 import botocore.session
 
-#: endpoints.json (6.8 MB parsed) cut to the services a daemon talks to: EC2, and STS/SSO for
-#: assume-role and SSO credentials ("portal.sso" and "oidc" are SSO's endpoint prefixes)
-ENDPOINT_SERVICES = ("ec2", "sts", "portal.sso", "oidc")
-OPERATIONS = ("DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances")
+#: endpoints.json (6.8 MB parsed) cut to the services a daemon talks to: EC2, EventBridge
+#: Scheduler (the backstop), and STS/SSO for assume-role and SSO credentials ("portal.sso" and
+#: "oidc" are SSO's endpoint prefixes). Regional services resolve through their own rule sets;
+#: a global one (IAM) needs its entry here, so IAM calls use botocore's full data (init does).
+ENDPOINT_SERVICES = ("ec2", "scheduler", "sts", "portal.sso", "oidc")
+#: the lifecycle's calls, and the lease tag (CreateTags / DeleteTags)
+OPERATIONS = ("DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances",
+              "CreateTags", "DeleteTags")
 PAGINATED = ("DescribeInstances",)
 OUT = Path(__file__).resolve().parent.parent / "bastion_tray" / "adapters" / "botocore_data"
 

@@ -385,7 +385,7 @@ def test_missing_iam_permission_names_the_action(
         cloud.start()
     error = caught.value
     assert type(error) is CloudError
-    assert error.message.startswith(f"not allowed to call ec2:StartInstances on "
+    assert error.message.startswith(f"not allowed to call ec2:StartInstances to start instance "
                                     f"{iam_world.instance_id} in ap-northeast-1")
     assert error.hint is not None and '"ec2:StartInstances"' in error.hint
     assert "IAM policy" in error.hint
@@ -755,8 +755,9 @@ def test_translate_unauthorized_operation_drops_the_encoded_blob() -> None:
                        operation="StopInstances")
     error = translate(exc, "StopInstances", FOO)
     assert type(error) is CloudError
-    assert error.message.startswith("not allowed to call ec2:StopInstances on i-0abc in "
-                                    "ap-northeast-1 (AWS profile foo): You are not authorized")
+    assert error.message.startswith("not allowed to call ec2:StopInstances to stop instance "
+                                    "i-0abc in ap-northeast-1 (AWS profile foo): You are not "
+                                    "authorized")
     assert "Encoded" not in error.message and "BBBB" not in error.message
     assert error.hint is not None and '"ec2:StopInstances"' in error.hint
 

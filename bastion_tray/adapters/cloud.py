@@ -1,7 +1,8 @@
 """The boto3 EC2 adapter: one profile's bastion instance, implementing core.ports.Cloud.
 
-It finds the instance (by id, or once by its Name tag), reports its state and addresses, and
-starts or stops it — that instance and no other. It never waits for a state: the core polls.
+It finds the instance (by id, or once by its Name tag), reports its state, addresses and the
+team's leases, starts or stops it, and puts or deletes this user's lease tag — on that instance
+and no other. It never waits for a state: the core polls.
 AWS access goes through boto3's standard chain and environment only (AWS_PROFILE,
 AWS_ENDPOINT_URL, …); every botocore error is turned into a CloudError by cloud_errors.translate.
 """
@@ -27,6 +28,7 @@ from bastion_tray.adapters.cloud_errors import instance_not_found, is_denied, tr
 from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import CloudError, CredentialsError
 from bastion_tray.core.ports import InstanceInfo
+from bastion_tray.core.team import LEASE_PREFIX, iso_utc, lease_key
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class ApiLimits:
                       user_agent_extra=USER_AGENT_EXTRA)
 
 
-#: botocore's EC2 model cut to the four operations we call (scripts/trim_ec2_model.py): the
+#: botocore's EC2 model cut to the operations we call (scripts/trim_ec2_model.py): the
 #: full model costs a daemon that idles all day ~24 MB of memory
 TRIMMED_MODELS = Path(__file__).resolve().parent / "botocore_data"
 
@@ -177,6 +179,7 @@ class Ec2Cloud:
             name=_name_tag(instance),
             public_ip=instance.get("PublicIpAddress"),
             elastic_ip=self._elastic_ip(instance_id),
+            leases=_leases(instance),
         )
         log.debug("%s %s, address %s", self._ctx(), info.state, info.address or "none")
         return info
@@ -192,6 +195,21 @@ class Ec2Cloud:
         reply = self._call("StopInstances", instance_id,
                            lambda ec2: ec2.stop_instances(InstanceIds=[instance_id]))
         self._log_change("StopInstances", reply.get("StoppingInstances", []))
+
+    def put_lease(self, user_id: str, until: float) -> None:
+        instance_id = self._resolved_id()
+        key, value = lease_key(user_id), iso_utc(until)
+        # the one instance as the only resource: a lease never lands on anything else
+        self._call("CreateTags", instance_id, lambda ec2: ec2.create_tags(
+            Resources=[instance_id], Tags=[{"Key": key, "Value": value}]))
+        log.debug("%s lease %s until %s", self._ctx(), user_id, value)
+
+    def delete_lease(self, user_id: str) -> None:
+        instance_id = self._resolved_id()
+        # no Value: the tag goes whatever its value; EC2 answers a missing one with success
+        self._call("DeleteTags", instance_id, lambda ec2: ec2.delete_tags(
+            Resources=[instance_id], Tags=[{"Key": lease_key(user_id)}]))
+        log.debug("%s lease %s released", self._ctx(), user_id)
 
     # --- handle ---------------------------------------------------------------------------
 
@@ -345,6 +363,14 @@ def _name_tag(instance: dict[str, Any]) -> str | None:
         if tag.get("Key") == "Name":
             return str(tag.get("Value"))
     return None
+
+
+def _leases(instance: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Every `bastion-tray:lease:<user_id>` tag as (user_id, raw value), sorted by user id."""
+    tags = ((str(tag.get("Key", "")), str(tag.get("Value", "")))
+            for tag in instance.get("Tags", []) or [])
+    return tuple(sorted((key.removeprefix(LEASE_PREFIX), value) for key, value in tags
+                        if key.startswith(LEASE_PREFIX) and key != LEASE_PREFIX))
 
 
 def _code(exc: BaseException) -> str | None:

@@ -2,12 +2,15 @@
 
 `translate()` is the single place where that happens. It is pure data in, error out (it reads
 AWS_PROFILE to name the profile in a hint, nothing else), so tests feed it hand-built botocore
-exceptions; the adapter in cloud.py calls it at the edge of every EC2 call.
+exceptions; the adapters call it at the edge of every AWS call: EC2 (cloud.py), EventBridge
+Scheduler (backstop.py), IAM and STS (iam_role.py).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -20,6 +23,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import CloudError, CredentialsError
+from bastion_tray.core.team import schedule_name
 
 NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
@@ -41,12 +45,45 @@ _SSO_CLASSES = frozenset({"SSOError", "SSOTokenLoadError", "UnauthorizedSSOToken
 #: the SSO portal's own call, made while resolving SSO credentials
 _SSO_OPERATIONS = frozenset({"GetRoleCredentials"})
 
+
+
+@dataclass(frozen=True)
+class _Service:
+    prefix: str  # of its IAM actions: "ec2" in ec2:StartInstances
+    label: str  # in messages: "the EC2 API"
+    endpoint_env: str  # the variable that points boto3 at another endpoint for it only
+
+
+_EC2 = _Service("ec2", "EC2", "AWS_ENDPOINT_URL_EC2")
+_SERVICES = {s.prefix: s for s in (
+    _EC2,
+    _Service("scheduler", "EventBridge Scheduler", "AWS_ENDPOINT_URL_SCHEDULER"),
+    _Service("iam", "IAM", "AWS_ENDPOINT_URL_IAM"),
+    _Service("sts", "STS", "AWS_ENDPOINT_URL_STS"),
+)}
+
+#: action → (its service, what it does in the words of a message). {target} is the instance the
+#: call was about (for IAM calls: the role), {schedule} that instance's backstop schedule. An
+#: action not listed is taken for EC2's, worded "<action> instance <target>".
 _DOING = {
-    "DescribeInstances": "describe",
-    "DescribeAddresses": "look up the Elastic IP of",
-    "StartInstances": "start",
-    "StopInstances": "stop",
+    "DescribeInstances": ("ec2", "describe instance {target}"),
+    "DescribeAddresses": ("ec2", "look up the Elastic IP of instance {target}"),
+    "StartInstances": ("ec2", "start instance {target}"),
+    "StopInstances": ("ec2", "stop instance {target}"),
+    "CreateTags": ("ec2", "tag instance {target} with a lease"),
+    "DeleteTags": ("ec2", "remove a lease tag from instance {target}"),
+    "GetSchedule": ("scheduler", "read the backstop schedule {schedule}"),
+    "CreateSchedule": ("scheduler", "create the backstop schedule {schedule}"),
+    "UpdateSchedule": ("scheduler", "push back the backstop schedule {schedule}"),
+    "DeleteSchedule": ("scheduler", "delete the backstop schedule {schedule}"),
+    "GetCallerIdentity": ("sts", "look up the AWS account of these credentials"),
+    "CreateRole": ("iam", "create the IAM role {target}"),
+    "GetRole": ("iam", "read the IAM role {target}"),
+    "PutRolePolicy": ("iam", "give the IAM role {target} its permission"),
 }
+#: creating the backstop role: denied, it is an administrator's job (the README says how)
+_ROLE_CREATION = frozenset({"CreateRole", "PutRolePolicy"})
+_POLICY_HINT = "the README's IAM policy lists every action bastion-tray needs"
 
 
 def login_profile(profile: Profile) -> str:
@@ -85,21 +122,24 @@ def is_denied(exc: BaseException | None) -> bool:
 
 
 def translate(exc: BaseException, action: str, profile: Profile, *,
-              instance_id: str | None = None, uses_sso: bool = False,
-              state: str | None = None, elapsed: float | None = None) -> CloudError:
-    """The CloudError (or CredentialsError) to raise for `exc`, raised by EC2 `action`.
+              instance_id: str | None = None, subject: str | None = None,
+              uses_sso: bool = False, state: str | None = None,
+              elapsed: float | None = None) -> CloudError:
+    """The CloudError (or CredentialsError) to raise for `exc`, raised by `action`.
 
-    `action` is the EC2 operation ("StartInstances"); `instance_id` the instance it was about
-    (default: the configured id or Name); `uses_sso` whether the AWS profile logs in through
-    IAM Identity Center; `state` the instance's state when known (for IncorrectInstanceState);
-    `elapsed` the seconds the call took, retries included (said when the endpoint hung).
+    `action` is the AWS operation ("StartInstances", "CreateSchedule", "CreateRole"; _DOING
+    knows its service); `instance_id` the instance it was about (default: the configured id or
+    Name); `subject` what it was about when that is not an instance (an IAM role's name);
+    `uses_sso` whether the AWS profile logs in through IAM Identity Center; `state` the
+    instance's state when known (for IncorrectInstanceState); `elapsed` the seconds the call
+    took, retries included (said when the endpoint hung).
     """
-    target = instance_id or profile.bastion.label
-    doing = f"{_DOING.get(action, action)} instance {target}"
+    target = subject or instance_id or profile.bastion.label
+    service, doing = _doing(action, target)
     uses_sso = uses_sso or _is_sso_error(exc)
 
     if isinstance(exc, ClientError):
-        return _client_error(exc, action, profile, target, doing, uses_sso, state)
+        return _client_error(exc, action, service, profile, target, doing, uses_sso, state)
     names = _class_names(exc)
     if names & _CREDENTIAL_CLASSES:
         return _credentials_error(exc, names, profile, doing, uses_sso)
@@ -107,24 +147,30 @@ def translate(exc: BaseException, action: str, profile: Profile, *,
     # HTTPClientError: ReadTimeoutError, ConnectionClosedError
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         kwargs = getattr(exc, "kwargs", {})
-        url = kwargs.get("endpoint_url") or kwargs.get("proxy_url") or "its endpoint"
+        url = _endpoint_of(kwargs.get("endpoint_url") or kwargs.get("proxy_url"))
         hint = (f"check the network/VPN and the region ({profile.region}); AWS_ENDPOINT_URL "
-                "and AWS_ENDPOINT_URL_EC2, when set, choose the endpoint instead")
+                f"and {service.endpoint_env}, when set, choose the endpoint instead")
         # the endpoint hung rather than refused: a proxy, a captive portal, a dead VPN route
         if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
             how = ("connected, no reply" if isinstance(exc, ReadTimeoutError)
                    else "no connection")
             after = f"; gave up after {elapsed:.0f} s" if elapsed is not None else ""
-            return CloudError(f"the EC2 API at {url} did not answer the request to {doing} "
-                              f"({how}{after})", hint=hint)
-        return CloudError(f"cannot reach the EC2 API at {url} to {doing}: {exc}", hint=hint)
+            return CloudError(f"the {service.label} API at {url} did not answer the request "
+                              f"to {doing} ({how}{after})", hint=hint)
+        return CloudError(f"cannot reach the {service.label} API at {url} to {doing}: {exc}",
+                          hint=hint)
     if isinstance(exc, BotoCoreError):
         return CloudError(f"could not {doing} in {where(profile)}: {exc}")
     return CloudError(f"could not {doing} in {where(profile)}: {type(exc).__name__}: {exc}")
 
 
-def _client_error(exc: ClientError, action: str, profile: Profile, target: str, doing: str,
-                  uses_sso: bool, state: str | None) -> CloudError:
+def _doing(action: str, target: str) -> tuple[_Service, str]:
+    prefix, words = _DOING.get(action, ("ec2", f"{action} instance {{target}}"))
+    return _SERVICES[prefix], words.format(target=target, schedule=schedule_name(target))
+
+
+def _client_error(exc: ClientError, action: str, service: _Service, profile: Profile,
+                  target: str, doing: str, uses_sso: bool, state: str | None) -> CloudError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", "Unknown"))
     aws_message = _first_line(str(error.get("Message", "")))
@@ -144,24 +190,51 @@ def _client_error(exc: ClientError, action: str, profile: Profile, target: str, 
                                 f"({code}: {aws_message})",
                                 hint=credentials_hint(profile, uses_sso))
     if code in DENIED:
-        return CloudError(
-            f"not allowed to call ec2:{action} on {target} in {here}: {aws_message or code}",
-            hint=f'add "ec2:{action}" to the IAM policy of these credentials '
-                 "(the README's IAM policy lists every action bastion-tray needs)")
+        return _denied(action, service, doing, here, aws_message or code)
     if code == "IncorrectInstanceState":
         it_is = f"it is {state}" if state else aws_message
         return CloudError(f"cannot {doing}: {it_is}", hint=_state_hint(state))
     if code in THROTTLED:
         attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
         tries = f" after {int(attempts) + 1} attempts" if attempts is not None else ""
-        return CloudError(f"EC2 throttled the request to {doing}{tries} ({code})",
-                          hint="too many EC2 API calls in this account right now; "
-                               "try again in a minute")
+        return CloudError(f"{service.label} throttled the request to {doing}{tries} ({code})",
+                          hint=f"too many {service.label} API calls in this account right "
+                               "now; try again in a minute")
+    if service.prefix == "scheduler" and code == "ValidationException":
+        # what Scheduler answers when it may not assume the target's role: a backstop_role
+        # that does not trust scheduler.amazonaws.com, or one IAM has not spread yet
+        return CloudError(f"EventBridge Scheduler refused to {doing}: {aws_message or code}",
+                          hint="the backstop is off until this is fixed; a backstop_role that "
+                               "scheduler.amazonaws.com may not assume is the usual cause (a "
+                               "role created a few seconds ago works a little later)")
     if code == "InsufficientInstanceCapacity":
         return CloudError(f"cannot {doing}: AWS has no capacity for its instance type in its "
                           f"availability zone right now ({aws_message})",
                           hint="try again in a few minutes")
     return CloudError(f"could not {doing} in {here}: {code}: {aws_message}")
+
+
+def _denied(action: str, service: _Service, doing: str, here: str,
+            aws_message: str) -> CloudError:
+    """A missing IAM permission: the message names it, the hint says what to add."""
+    if action in _ROLE_CREATION:
+        return CloudError(f"not allowed to create IAM roles (iam:CreateRole, iam:PutRolePolicy) "
+                          f"in {here}: {aws_message}",
+                          hint="ask an administrator to create it, see the README's IAM section")
+    permission = f"{service.prefix}:{action}"
+    # CreateSchedule / UpdateSchedule hand the role to Scheduler: that needs iam:PassRole on it,
+    # and AWS names it in the message
+    if service.prefix == "scheduler" and "iam:PassRole" in aws_message:
+        permission = "iam:PassRole"
+    message = f"not allowed to call {permission} to {doing} in {here}: {aws_message}"
+    if service.prefix == "scheduler":
+        what = ('"iam:PassRole" on the backstop_role' if permission == "iam:PassRole"
+                else f'"{permission}"')
+        return CloudError(message, hint=f"the backstop is off until {what} is added to the IAM "
+                                        f"policy of these credentials ({_POLICY_HINT}); idle "
+                                        "stops by this daemon still work")
+    return CloudError(message, hint=f'add "{permission}" to the IAM policy of these credentials '
+                                    f"({_POLICY_HINT})")
 
 
 def _credentials_error(exc: BaseException, names: frozenset[str], profile: Profile,
@@ -204,6 +277,15 @@ def _is_sso_error(exc: BaseException) -> bool:
         return exc.operation_name in _SSO_OPERATIONS
     provider = str(getattr(exc, "kwargs", {}).get("provider", ""))
     return "sso" in provider.lower()
+
+
+def _endpoint_of(url: object) -> str:
+    """The endpoint of a request URL: a REST API's (Scheduler's) names the resource and a
+    client token in its path and query, which say nothing about where the API is."""
+    if not isinstance(url, str) or not url:
+        return "its endpoint"
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/" if parts.scheme and parts.netloc else url
 
 
 def _class_names(exc: BaseException) -> frozenset[str]:
