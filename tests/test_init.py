@@ -1,10 +1,15 @@
 """`bastion-tray init` against the sandbox's AWS (moto's server): discovery, the written config,
-adding to an existing file, the errors, and a profile that `connect` then uses. No mocks."""
+adding to an existing file, the errors, and a profile that `connect` then uses. No mocks.
+
+The backstop role's tests run init against a private moto server that enforces IAM
+(test_cloud_team.auth_moto): the sandbox's IAM is shared by the whole session, and its own
+bastion-tray-backstop role must stay as the sandbox made it."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import socket
 import sys
 import tomllib
@@ -24,6 +29,7 @@ from bastion_tray.core.errors import ConfigError, UsageError
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.sandbox.vpc import IMAGE_ID, INSTANCE_TYPE
 from tests.support.app import App
+from tests.test_cloud_team import AuthWorld, auth_moto
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,6 +125,8 @@ def test_init_yes_writes_the_bastion_the_databases_and_the_private_host(
     assert profile["hosts"] == {
         "appserver": {"hostname": private_ip(sb, sb.appserver_instance_id)}}
     assert "bastion-tray trust foo" in out and "bastion-tray connect foo foo-db" in out
+    # --yes creates no IAM role unless asked to, and says what that leaves off
+    assert "note: no backstop role (--backstop-role create|ARN)" in proc.stderr
     assert app.instance_state() == state  # --yes without --trust starts nothing
     assert (app.config.stat().st_mode & 0o777) == 0o600
     assert (app.config.parent.stat().st_mode & 0o777) == 0o700
@@ -215,6 +223,10 @@ def test_rds_errors_are_worded_for_rds() -> None:
     (["--yes", "bad name"], "profile name 'bad name'"),
     (["--yes", "--identity-file", "/no/such/key"], "no such file"),
     (["--yes", "--host", "a=10.0.0.1", "--host", "a=10.0.0.2"], "each NAME may be given once"),
+    (["--yes", "--backstop-role", "yes"], "--backstop-role yes: expected create, none or an IAM "
+                                          "role ARN"),
+    (["--yes", "--backstop-role", "arn:aws:iam::1:role/x"], "backstop_role: expected an IAM role "
+                                                           "ARN"),
     ([], "asks its questions on a terminal"),
 ])
 def test_bad_flags_are_usage_errors(app: App, args: list[str], message: str) -> None:
@@ -282,6 +294,8 @@ def test_init_on_a_terminal_asks_then_trusts_the_bastion(
                  (b"Profile name [foo]:", ""),
                  (b"numbers like 1 3]", ""),  # forwards: all
                  (b"numbers like 1 3]", "1"),  # hosts: foo-appserver, not jump-host
+                 (f"EventBridge Scheduler can stop {sb.bastion_instance_id} when every "
+                  "laptop is gone? [Y/n]".encode(), "n"),
                  (b"[Y/n]", "y"),  # write
                  (b"(starts the bastion) [y/N]", "y"),
                  (b"console output. [y/N]", "y")])  # trust's own question
@@ -291,6 +305,7 @@ def test_init_on_a_terminal_asks_then_trusts_the_bastion(
         profile = written(app)["profiles"]["foo"]
         assert set(profile["forwards"]) == {"foo-db", "foo-pg"}
         assert set(profile["hosts"]) == {"appserver"}
+        assert "backstop_role" not in profile["bastion"]  # answered n: no role
     finally:
         app.close()
         sb.reset()
@@ -360,3 +375,131 @@ def test_host_names_drop_the_profile_prefix(tag: str, bastion: str | None,
     from bastion_tray.core.configwriter import host_name_for
 
     assert host_name_for(tag, bastion) == expected
+
+
+# --- the backstop role --------------------------------------------------------------------------
+
+REGION = "ap-northeast-1"
+ROLE_ARN = "arn:aws:iam::123456789012:role/bastion-tray-backstop"  # moto's account
+
+
+def test_a_given_backstop_role_is_written_as_it_is(app: App) -> None:
+    arn = "arn:aws:iam::123456789012:role/team/backstop"
+    proc = init(app, "--yes", "--no-forwards", "--no-hosts", "--backstop-role", arn)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert written(app)["profiles"]["foo"]["bastion"]["backstop_role"] == arn
+    assert "no backstop role" not in proc.stderr and "IAM role" not in proc.stdout
+    assert app.cli("check-config").returncode == 0
+
+
+@pytest.fixture
+def iam_world(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[AuthWorld, App]]:
+    """A private moto enforcing IAM with one bastion candidate (team-bastion), and an app whose
+    AWS is that moto; fresh per test, so a role one test creates is not there for the next."""
+    app = App(sandbox, trusted=False)
+    app.config.unlink()
+    try:
+        with auth_moto(tmp_path / "moto", "team-bastion") as world:
+            yield world, app
+    finally:
+        app.close()
+
+
+def as_user(world: AuthWorld, app: App, user: str) -> App:
+    app.env.update(world.env(user, app.home))
+    return app
+
+
+def role_facts(world: AuthWorld, name: str = "bastion-tray-backstop") -> dict[str, Any]:
+    """The role as IAM has it: its trust policy and its inline policies (as the admin)."""
+    session = boto3.session.Session(*world.keys["admin"], region_name=REGION)
+    iam = session.client("iam", endpoint_url=world.endpoint)
+    policies = iam.list_role_policies(RoleName=name)["PolicyNames"]
+    return {"arn": iam.get_role(RoleName=name)["Role"]["Arn"],
+            "trust": iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"],
+            "policies": {p: iam.get_role_policy(RoleName=name, PolicyName=p)["PolicyDocument"]
+                         for p in policies}}
+
+
+def test_backstop_role_create_makes_the_role_writes_it_and_a_rerun_reuses_it(
+        iam_world: tuple[AuthWorld, App]) -> None:
+    world, app = iam_world
+    as_user(world, app, "admin")
+    instance = f"arn:aws:ec2:{REGION}:123456789012:instance/{world.instance_id}"
+
+    dry = init(app, "--yes", "--backstop-role", "create", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "(--dry-run: the IAM role bastion-tray-backstop is not created)" in dry.stdout
+    assert "backstop_role" not in dry.stdout and not app.config.exists()
+
+    proc = init(app, "--yes", "--backstop-role", "create")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (f"created IAM role bastion-tray-backstop\n  ARN: {ROLE_ARN}\n  trusted by: "
+            "scheduler.amazonaws.com, for schedules of account 123456789012\n  its one "
+            f"permission: ec2:StopInstances on {instance} (inline policy "
+            f"bastion-tray-stop-{world.instance_id})") in proc.stdout
+    assert written(app)["profiles"]["team"]["bastion"]["backstop_role"] == ROLE_ARN
+    facts = role_facts(world)
+    assert facts["trust"]["Statement"] == [{
+        "Effect": "Allow", "Principal": {"Service": "scheduler.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"aws:SourceAccount": "123456789012"}}}]
+    assert facts["policies"] == {f"bastion-tray-stop-{world.instance_id}": {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ec2:StopInstances", "Resource": instance}]}}
+    assert app.cli("check-config").returncode == 0
+
+    again = init(app, "team2", "--yes", "--backstop-role", "create")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "reusing IAM role bastion-tray-backstop\n" in again.stdout
+    assert "(its trust policy checked)" in again.stdout
+    assert written(app)["profiles"]["team2"]["bastion"]["backstop_role"] == ROLE_ARN
+    assert role_facts(world) == facts  # the same role, still its one permission
+
+
+def test_without_iam_permissions_init_writes_the_profile_and_says_what_to_ask_for(
+        iam_world: tuple[AuthWorld, App]) -> None:
+    world, app = iam_world
+    as_user(world, app, "reader")
+    proc = init(app, "--yes", "--backstop-role", "create")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert ("note: no backstop role was created: not allowed to create IAM roles "
+            "(iam:CreateRole, iam:PutRolePolicy) in ap-northeast-1") in err
+    assert "→ ask an administrator to create it, see the README's IAM section" in err
+    instance = f"arn:aws:ec2:{REGION}:123456789012:instance/{world.instance_id}"
+    documents = [json.loads(line.strip()) for line in err.splitlines()
+                 if line.strip().startswith("{")]
+    assert documents == [
+        {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "scheduler.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": "123456789012"}}}]},
+        {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "ec2:StopInstances", "Resource": instance}]}]
+    assert f'[profiles.team.bastion]: backstop_role = "{ROLE_ARN}"' in err
+    assert "the backstop is off" in err
+    bastion = written(app)["profiles"]["team"]["bastion"]
+    assert bastion["instance_id"] == world.instance_id and "backstop_role" not in bastion
+    with pytest.raises(ClientError, match="NoSuchEntity"):  # no role, not even half of one
+        role_facts(world)
+
+
+def test_init_on_a_terminal_offers_the_role_and_creates_it_by_default(
+        iam_world: tuple[AuthWorld, App]) -> None:
+    from tests.support.terminal import run_on_a_terminal
+
+    world, app = iam_world
+    as_user(world, app, "admin")
+    code, output = run_on_a_terminal(
+        [sys.executable, "-m", "bastion_tray", "init", "--region", REGION, "--no-forwards",
+         "--no-hosts"], app.env,
+        [(b"Profile name [team]:", ""),
+         (f"Create an IAM role so EventBridge Scheduler can stop {world.instance_id} when "
+          "every laptop is gone? [Y/n]".encode(), ""),  # Enter: the default, yes
+         (b"[Y/n]", "y"),  # write
+         (b"(starts the bastion) [y/N]", "n")])
+    assert code == 0, output
+    assert "created IAM role bastion-tray-backstop" in output
+    assert written(app)["profiles"]["team"]["bastion"]["backstop_role"] == ROLE_ARN
+    assert role_facts(world)["arn"] == ROLE_ARN

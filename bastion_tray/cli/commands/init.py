@@ -1,14 +1,16 @@
 """`bastion-tray init [PROFILE]`: a profile from what the AWS account shows, then `trust`.
 
 Finds the bastion (Name tag *bastion*, or a security group opening TCP 22), its VPC's private
-instances as shell hosts and the RDS databases as forwards on free local ports; asks on a terminal
-(`--yes`: the defaults). The whole new file is validated before it is written, atomically, with a
-.bak of the previous one; the existing text is kept as it was and the profile appended.
+instances as shell hosts and the RDS databases as forwards on free local ports; offers to create
+the backstop's IAM role (adapters/iam_role.py); asks on a terminal (`--yes`: the defaults). The
+whole new file is validated before it is written, atomically, with a .bak of the previous one;
+the existing text is kept as it was and the profile appended.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bastion_tray.adapters import discovery as dv
+from bastion_tray.adapters import iam_role
 from bastion_tray.core import configwriter as cw
 from bastion_tray.core.config import Config, expand_path, load_config
 from bastion_tray.core.errors import BastionTrayError, CloudError, UsageError
@@ -48,6 +51,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="instead of the discovered hosts: an instance id or ADDRESS[:PORT]")
     p.add_argument("--no-forwards", action="store_true", help="write no forwards")
     p.add_argument("--no-hosts", action="store_true", help="write no shell hosts")
+    p.add_argument("--backstop-role", metavar="create|ARN|none",
+                   help="the IAM role with which EventBridge Scheduler stops the bastion when "
+                        f"every laptop is gone: create one ({iam_role.DEFAULT_ROLE_NAME}), use "
+                        "an existing role's ARN, or none; default: asked on a terminal, none "
+                        "with --yes")
     p.add_argument("-y", "--yes", action="store_true", help="ask nothing, take the defaults")
     p.add_argument("--trust", action="store_true", help="then run `trust` (starts the bastion)")
     p.add_argument("--force", action="store_true", help="replace a profile of the same name")
@@ -121,10 +129,11 @@ def run(args: argparse.Namespace) -> int:
     hosts = [] if args.no_hosts else _hosts(inventory, bastion, host_specs)
     forwards = _confirm(prompt, "forwards", forwards, bool(forward_specs))
     hosts = _confirm(prompt, "hosts", hosts, bool(host_specs))
+    role = _backstop_role(args, prompt, region, bastion, name)
     plan = cw.ProfilePlan(
         name, region, args.aws_profile,
         cw.BastionPlan(bastion.instance_id, args.user, args.port, _identity_file(args, bastion),
-                       note=bastion.summary(state=False)),
+                       note=bastion.summary(state=False), backstop_role=role),
         tuple(hosts), tuple(forwards), note=f"written by bastion-tray init in {region}")
 
     text = cw.new_config_text(plan) if existing is None else cw.add_profile_text(
@@ -135,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
         print("(--dry-run: nothing was written)")
         return 0
     if not prompt.confirm(f"Write profile {name} to {path}?", default=True):
-        print("nothing was written")
+        made_role = role is not None and args.backstop_role in (None, "create")
+        print("nothing was written" + (f" (the IAM role stays; a later init can use it: "
+                                       f"--backstop-role {role})" if made_role else ""))
         return 1
     backup = _write(path, text, existed=existing is not None)
     print(f"wrote profile {name} to {path}"
@@ -156,6 +167,11 @@ def _check_flags(args: argparse.Namespace, existing: Config | None) -> None:
         _check_name(args.profile, existing, args.force)
     if args.identity_file and not expand_path(args.identity_file).is_file():
         raise UsageError(f"--identity-file {args.identity_file}: no such file")
+    role = args.backstop_role
+    if role is not None and role not in {"create", "none"} and not role.startswith("arn:"):
+        # the ARN's own shape is the config's to check, like every value init writes
+        raise UsageError(f"--backstop-role {role}: expected create, none or an IAM role ARN "
+                         "(arn:aws:iam::123456789012:role/NAME)")
 
 
 def _check_name(name: str, existing: Config | None, force: bool) -> None:
@@ -261,6 +277,61 @@ def _hosts(inventory: dv.Inventory, bastion: dv.FoundInstance,
                               [h.name for h in plans])
         plans.append(cw.HostPlan(name, i.private_ip or "", None, i.label))
     return plans
+
+
+def _backstop_role(args: argparse.Namespace, prompt: Prompter, region: str,
+                   bastion: dv.FoundInstance, name: str) -> str | None:
+    """The backstop_role to write: created now, given, or None (the backstop stays off)."""
+    choice = args.backstop_role
+    if choice is None and not prompt.interactive:
+        print("note: no backstop role (--backstop-role create|ARN): if every laptop using the "
+              "bastion vanishes, nothing stops it; idle stops by the daemon still work",
+              file=sys.stderr)
+        return None
+    if choice is None:
+        choice = "create" if prompt.confirm(
+            f"Create an IAM role so EventBridge Scheduler can stop {bastion.instance_id} when "
+            "every laptop is gone?", default=True) else "none"
+    if choice != "create":
+        return None if choice == "none" else str(choice)
+    if args.dry_run:
+        print(f"(--dry-run: the IAM role {iam_role.DEFAULT_ROLE_NAME} is not created)")
+        return None
+    search = dv.search_profile(region, args.aws_profile)
+    session = dv.init_session(search)
+    account = None
+    try:
+        account = iam_role.account_id(session, profile=search)
+        role = iam_role.provision_backstop_role(
+            session, instance_arn=iam_role.instance_arn(region, account, bastion.instance_id),
+            profile=search)
+    except CloudError as exc:
+        _explain_missing_role(exc, region, account, bastion.instance_id, name)
+        return None
+    print(f"{'created' if role.created else 'reusing'} IAM role {role.name}\n"
+          f"  ARN: {role.arn}\n"
+          f"  trusted by: {iam_role.SCHEDULER_PRINCIPAL}, for schedules of account "
+          f"{role.account}{'' if role.created else ' (its trust policy checked)'}\n"
+          f"  its one permission: {role.permission} (inline policy {role.policy_name})")
+    return role.arn
+
+
+def _explain_missing_role(exc: CloudError, region: str, account: str | None, instance_id: str,
+                          profile: str) -> None:
+    """Why there is no role, and the role an administrator can make instead."""
+    account = account or "ACCOUNT-ID"
+    arn = iam_role.instance_arn(region, account, instance_id)
+    print(f"note: no backstop role was created: {exc}\n"
+          f"  what to ask for: an IAM role ({iam_role.DEFAULT_ROLE_NAME}) with this trust "
+          "policy:\n"
+          f"    {json.dumps(iam_role.trust_policy(account))}\n"
+          f"  and this one permission (inline policy {iam_role.policy_name(instance_id)}):\n"
+          f"    {json.dumps(iam_role.stop_policy(arn))}\n"
+          f"  then add its ARN to [profiles.{profile}.bastion]: backstop_role = "
+          f'"arn:{iam_role.partition(region)}:iam::{account}:role/'
+          f'{iam_role.DEFAULT_ROLE_NAME}"\n'
+          "  until then the backstop is off: if every laptop vanishes, nothing stops the "
+          "bastion; the profile is written without it", file=sys.stderr)
 
 
 def _confirm(prompt: Prompter, what: str, plans: list[Plan], explicit: bool) -> list[Plan]:
