@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import boto3
 
 from bastion_tray.core.netguard import ENV as LOOPBACK_ENV
 from bastion_tray.sandbox.errors import SandboxError
-from bastion_tray.sandbox.net import free_port
+from bastion_tray.sandbox.net import free_port, require_loopback
 from bastion_tray.sandbox.procs import ProcessSet, wait_for
 
 REGION = "ap-northeast-1"
@@ -74,9 +75,25 @@ def child_env(sandbox_env: dict[str, str], base: dict[str, str] | None = None) -
 
 def ec2_client(endpoint: str) -> Any:
     """A boto3 EC2 client bound to the sandbox explicitly, whatever the process env says."""
+    return _client("ec2", endpoint)
+
+
+def scheduler_client(endpoint: str) -> Any:
+    """A boto3 EventBridge Scheduler client bound to the sandbox explicitly."""
+    return _client("scheduler", endpoint)
+
+
+def iam_client(endpoint: str) -> Any:
+    """A boto3 IAM client bound to the sandbox explicitly."""
+    return _client("iam", endpoint)
+
+
+def _client(service: str, endpoint: str) -> Any:
+    # a session of its own: boto3's default one is shared, and not safe across threads
+    require_loopback(urllib.parse.urlsplit(endpoint).hostname or endpoint, f"{service} endpoint")
     session = boto3.session.Session(aws_access_key_id=DUMMY_CREDENTIAL,
                                     aws_secret_access_key=DUMMY_CREDENTIAL, region_name=REGION)
-    return session.client("ec2", endpoint_url=endpoint)
+    return session.client(service, endpoint_url=endpoint)
 
 
 def instance_state(ec2: Any, instance_id: str) -> str:

@@ -1,5 +1,8 @@
 """The sandbox VPC: fake AWS, a bastion sshd that follows its instance, private hosts. One handle.
 
+moto plays AWS; what it lacks is played here: the boot delay (watcher.py) and EventBridge
+Scheduler running the backstop schedules (schedules.py).
+
 Everything listens on loopback addresses only; `close()` (or leaving the `with` block, or the
 interpreter exiting) stops every process it started, also after a start that failed halfway.
 Where OpenSSH sshd or MariaDB are missing, embedded stand-ins (standins.py) take their places.
@@ -21,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from bastion_tray.core.errors import WaitTimeout
+from bastion_tray.core.team import SCHEDULE_GROUP, SCHEDULE_PREFIX
 from bastion_tray.sandbox import aws, keys, prereqs, standins, stubs, vpc
 from bastion_tray.sandbox.configfile import ConfigTargets, Value, write_config
 from bastion_tray.sandbox.errors import SandboxError
@@ -28,6 +32,7 @@ from bastion_tray.sandbox.mariadb import MariaDB
 from bastion_tray.sandbox.net import can_bind, free_port, pick_loopback_address, ssh_banner
 from bastion_tray.sandbox.prereqs import find_tool, missing_prerequisites, sftp_server
 from bastion_tray.sandbox.procs import ProcessSet, descendants, wait_for
+from bastion_tray.sandbox.schedules import ScheduleRun, ScheduleRunner, seed_backstop_role
 from bastion_tray.sandbox.sshd import Sshd, SshdSpec
 from bastion_tray.sandbox.standins import StandinAppServer, StandinBastion, StandinDatabase
 from bastion_tray.sandbox.watcher import BastionWatcher
@@ -45,6 +50,7 @@ class Sandbox:
     vpc: vpc.SeededVpc  # every id: vpc, subnets, groups, instances, EIP allocation
     bastion_instance_id: str
     appserver_instance_id: str
+    backstop_role_arn: str  # bastion-tray-backstop, as `init` creates it: may stop the bastion
     # real peers or stand-ins
     standins: bool  # True: the embedded stand-ins (no sshd, no MariaDB) run instead
     standin_note: str  # what is replaced and why, one line; "" with the real peers
@@ -81,6 +87,7 @@ class Sandbox:
         self._bastion: Sshd | StandinBastion | None = None
         self._standin_servers: list[StandinBastion | StandinDatabase] = []
         self._watcher: BastionWatcher | None = None
+        self._schedule_runner: ScheduleRunner | None = None
         self._ec2: Any = None
         self._closed = False
 
@@ -123,7 +130,14 @@ class Sandbox:
             lambda: aws.instance_state(ec2, self.bastion_instance_id), self._bastion,
             boot_delay=self.boot_delay)
         self._watcher.start()
+        self._start_schedule_runner()
         log.info("[sandbox] ready in %.1fs (workdir %s)", time.monotonic() - started, self.workdir)
+
+    def _start_schedule_runner(self) -> None:
+        endpoint = self.endpoint_url  # its own clients: it runs in its own thread
+        self._schedule_runner = ScheduleRunner(aws.scheduler_client(endpoint),
+                                               aws.ec2_client(endpoint), aws.iam_client(endpoint))
+        self._schedule_runner.start()
 
     def _start_real_peers(self, bastion_port: int | None) -> Sshd:
         self._db = MariaDB(self.workdir, self._procs)
@@ -183,6 +197,8 @@ class Sandbox:
         self.appserver_instance_id = self.vpc.appserver_id
         self.eip = self.bastion_host = self.vpc.eip
         self.bastion_port = self.vpc.bastion_port
+        self.backstop_role_arn = seed_backstop_role(aws.iam_client(self.endpoint_url),
+                                                    self.region, self.bastion_instance_id)
 
     def _new_key(self, path: Path, comment: str) -> keys.KeyPair:
         if self.standins:  # ssh-keygen may be missing along with sshd
@@ -229,6 +245,21 @@ class Sandbox:
     def ec2(self) -> Any:
         """A boto3 EC2 client for this sandbox (tests drive the instance with it)."""
         return aws.ec2_client(self.endpoint_url)
+
+    def scheduler(self) -> Any:
+        """A boto3 EventBridge Scheduler client for this sandbox (tests create schedules)."""
+        return aws.scheduler_client(self.endpoint_url)
+
+    def schedules(self) -> list[str]:
+        """Names of the bastion-tray-* schedules that exist now (group default)."""
+        pages = self.scheduler().get_paginator("list_schedules").paginate(
+            GroupName=SCHEDULE_GROUP, NamePrefix=SCHEDULE_PREFIX)
+        return sorted(each["Name"] for page in pages for each in page.get("Schedules", [])
+                      if each["Name"].startswith(SCHEDULE_PREFIX))
+
+    def schedule_runs(self) -> list[ScheduleRun]:
+        """Every schedule the sandbox's EventBridge Scheduler invoked so far, oldest first."""
+        return self._schedule_runner.runs() if self._schedule_runner is not None else []
 
     def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment for a subprocess (a daemon, the CLI) that should use this sandbox."""
@@ -318,12 +349,15 @@ class Sandbox:
     # --- closing ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the watcher, then every process (sshd with all sessions, MariaDB, moto), then
-        every stand-in (threads only: a failure there cannot leave a process behind)."""
+        """Stop the schedule runner and the watcher, then every process (sshd with all sessions,
+        MariaDB, moto), then every stand-in (threads only: a failure there cannot leave a
+        process behind)."""
         if self._closed:
             return
         self._closed = True
         atexit.unregister(self.close)
+        if self._schedule_runner is not None:
+            self._schedule_runner.close()
         if self._watcher is not None:
             self._watcher.close()
         self._procs.close()
