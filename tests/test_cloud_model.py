@@ -11,7 +11,8 @@ import pytest
 from bastion_tray.adapters.cloud import TRIMMED_MODELS, default_session
 from bastion_tray.core.config import BastionConfig, Profile
 
-OPS = {"DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances"}
+OPS = {"DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances", "CreateTags",
+       "DeleteTags"}
 
 
 def profile(region: str = "ap-northeast-1") -> Profile:

@@ -31,6 +31,8 @@ from bastion_tray.core.status import ProfileStatus, Status, status_line
 
 PROFILE = "demo"
 WARN_BEFORE = 20.0  # the demo profile's warn_before, in seconds
+YOU, TEAMMATE = "you@laptop-a", "teammate@laptop-b"  # the two users of the demo's bastion
+BACKSTOP = "5m"  # the demo profile's backstop: the sandbox plays EventBridge Scheduler
 
 
 def has_display() -> bool:
@@ -62,6 +64,7 @@ class Demo:
         self.sandbox: Any = None
         self.tray: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
+        self.teammate_env: dict[str, str] = {}
         self.db_port = 0
 
     def say(self, text: str = "") -> None:
@@ -88,20 +91,17 @@ class Demo:
         self.say(f"  ready in {time.monotonic() - began:.1f} s; bastion instance "
                  f"{sb.bastion_instance_id} is stopped, Elastic IP {sb.eip}")
         self.db_port = 13306 if _port_free(13306) else sb.db_forward_port
-        config = sb.write_config(self.home / "config.toml", idle_timeout=self.idle_timeout,
-                                 warn_before=f"{WARN_BEFORE:g}s", db_local_port=self.db_port,
-                                 profile=PROFILE)
-        known_hosts = self.home / "state" / "known_hosts"
-        known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        known_hosts.write_text(f"[{sb.eip}]:{sb.bastion_port} {sb.bastion_host_key_line}\n"
-                               f"{sb.appserver_known_hosts_line}\n")
-        self.env = sb.child_env()
-        self.env.update(BASTION_TRAY_HOME=str(self.home), BASTION_TRAY_CONFIG=str(config),
-                        BASTION_TRAY_LOOPBACK_ONLY="1")
+        config, self.env = self._installation(self.home, YOU, self.db_port)
         os.environ.update(self.env)  # so the commands printed below work from this process too
         for key in [k for k in os.environ if k.startswith("AWS_") and k not in self.env]:
             del os.environ[key]
-        self._start_daemon(config)
+        self._start_daemon(config, self.env, lazy_forward=True)
+        # a teammate's daemon on the same bastion: the team story (who keeps it up)
+        from bastion_tray.sandbox.net import free_port
+
+        mate_config, self.teammate_env = self._installation(self.home / "teammate", TEAMMATE,
+                                                            free_port())
+        self._start_daemon(mate_config, self.teammate_env, lazy_forward=False)
         if with_tray:
             from bastion_tray.service.clientside import tray_argv
 
@@ -111,18 +111,35 @@ class Demo:
                 stderr=(self.home / "tray.log").open("ab"))
         self._print_guide(config)
 
-    def _start_daemon(self, config: Path) -> None:
+    def _installation(self, home: Path, user: str, db_port: int) -> tuple[Path, dict[str, str]]:
+        """One user's bastion-tray on the demo's bastion: config, known_hosts, environment."""
+        sb = self.sandbox
+        config = sb.write_config(home / "config.toml", idle_timeout=self.idle_timeout,
+                                 warn_before=f"{WARN_BEFORE:g}s", db_local_port=db_port,
+                                 profile=PROFILE, extra_settings={"user_id": user},
+                                 extra_bastion={"backstop": BACKSTOP,
+                                                "backstop_role": sb.backstop_role_arn})
+        known_hosts = home / "state" / "known_hosts"
+        known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        known_hosts.write_text(f"[{sb.eip}]:{sb.bastion_port} {sb.bastion_host_key_line}\n"
+                               f"{sb.appserver_known_hosts_line}\n")
+        env = sb.child_env()
+        env.update(BASTION_TRAY_HOME=str(home), BASTION_TRAY_CONFIG=str(config),
+                   BASTION_TRAY_LOOPBACK_ONLY="1")
+        return config, env
+
+    def _start_daemon(self, config: Path, env: dict[str, str], *, lazy_forward: bool) -> None:
         from bastion_tray.core.config import load_config
         from bastion_tray.core.paths import app_paths, ensure_private_dir
         from bastion_tray.service.clientside import daemon_argv
         from bastion_tray.service.spawn import ensure_daemon
 
-        paths = app_paths(self.env)
+        paths = app_paths(env)
         ensure_private_dir(paths.log_dir)
-        with ensure_daemon(paths, argv=daemon_argv(load_config(config)), env=self.env,
+        with ensure_daemon(paths, argv=daemon_argv(load_config(config)), env=env,
                            log_path=paths.daemon_log) as client:
-            # listening from the start: the first connection starts the bastion (lazy)
-            client.request("connect", profile=PROFILE, forward="db", lazy=True)
+            if lazy_forward:  # listening from the start: the first connection starts it
+                client.request("connect", profile=PROFILE, forward="db", lazy=True)
 
     def _print_guide(self, config: Path) -> None:
         if self.sandbox.standins:
@@ -146,9 +163,24 @@ Try, in another terminal (the bastion starts on the first connection):
 password {sb.db_password}
   ssh -F {ssh_config} {PROFILE}-appserver hostname
   env {exports} {sys.executable} -m bastion_tray status
-
+{self._team_guide()}
 Press Ctrl-C to stop the demo; it takes everything down with it.
 """)
+
+    def _team_guide(self) -> str:
+        mate = " ".join(f"{k}={self.teammate_env[k]}" for k in ("BASTION_TRAY_HOME",
+                                                                "BASTION_TRAY_CONFIG"))
+        return f"""
+The bastion is shared: you are {YOU}, and {TEAMMATE} runs a daemon of their own on it.
+Be the teammate, in a third terminal:
+
+  env {mate} {sys.executable} -m bastion_tray up {PROFILE}
+
+Once your side is idle, your status says who keeps the bastion up
+("{PROFILE}: in use by {TEAMMATE} · you are idle"); the last one out stops it. The backstop
+(a schedule the simulated AWS runs) stops it {BACKSTOP} after the last daemon vanished.
+Stop it for the teammate: env {mate} {sys.executable} -m bastion_tray stop {PROFILE}
+"""
 
     def _print_standin_guide(self, config: Path) -> None:
         """No mysql line (the stand-in database is a line echo) and no ssh line (the stand-in
@@ -195,6 +227,8 @@ Press Ctrl-C to stop the demo; it takes everything down with it.
                 self.tray.wait(5)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.tray.pid, signal.SIGKILL)
+        if self.teammate_env:
+            _shutdown_daemon(self.teammate_env)
         if self.env:
             _shutdown_daemon(self.env)
         if self.sandbox is not None:
@@ -224,7 +258,8 @@ def gist(p: ProfileStatus) -> tuple[object, ...]:
     """What the status line says, minus its clocks: a change here is worth a new log line."""
     countdown = p.stops_in_seconds
     return (p.bastion.state, p.bastion.ssh, p.phase, p.starting, p.connections,
-            countdown is not None, countdown is not None and countdown <= WARN_BEFORE, p.error)
+            countdown is not None, countdown is not None and countdown <= WARN_BEFORE, p.error,
+            p.waiting_for_others, p.in_use_by, p.other_sessions)
 
 
 def run_headless(demo: Demo, stop: threading.Event, tty: bool,
