@@ -4,27 +4,23 @@ DESIGN.md "Teams": while a daemon holds its lease it keeps pushing one schedule 
 `bastion-tray-<instance-id>` in group `default`, whose target is Scheduler's own
 ec2:StopInstances of that instance; whoever pushes it only ever moves it later. When every
 laptop has vanished, nobody pushes, and the cloud stops the bastion itself. Implements
-core.ports.Backstop with boto3; the session, retries and timeouts are Ec2Cloud's
-(cloud.default_session, ApiLimits), and every botocore error leaves through
+core.ports.Backstop with boto3; the session, client, retries and timeouts are Ec2Cloud's
+(cloud.AwsHandle), and every botocore error leaves through
 cloud_errors.translate.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bastion_tray.adapters.cloud import ApiLimits, SessionFactory, default_session, uses_sso
+from bastion_tray.adapters.cloud import AwsHandle
 from bastion_tray.adapters.cloud_errors import translate
 from bastion_tray.core import team
-from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import CloudError, CredentialsError
 
 log = logging.getLogger(__name__)
@@ -40,21 +36,10 @@ DESCRIPTION = ("bastion-tray backstop: stops {instance_id} when no bastion-tray 
                "pushed this time back (every laptop gone)")
 
 
-class SchedulerBackstop:
+class SchedulerBackstop(AwsHandle):
     """The backstop schedules of one profile's account and region. Thread-safe; a handle."""
 
-    def __init__(self, profile: Profile, session_factory: SessionFactory | None = None,
-                 limits: ApiLimits | None = None) -> None:
-        self._profile = profile
-        self._session_factory = session_factory or default_session
-        self._limits = limits or ApiLimits()
-        self._lock = threading.Lock()
-        self._session: boto3.session.Session | None = None
-        self._client: Any = None
-
-    @property
-    def profile(self) -> Profile:
-        return self._profile
+    SERVICE, LABEL = "scheduler", "Scheduler"
 
     # --- the Backstop protocol ------------------------------------------------------------
 
@@ -101,22 +86,6 @@ class SchedulerBackstop:
             return
         log.info("%s backstop deleted", self._ctx(instance_id))
 
-    # --- handle ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the HTTP connections of the Scheduler client; a later call opens new ones."""
-        with self._lock:
-            client, self._client, self._session = self._client, None, None
-        if client is not None:
-            client.close()
-
-    def __enter__(self) -> SchedulerBackstop:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     # --- the calls ------------------------------------------------------------------------
 
     def _role(self) -> str:
@@ -154,7 +123,7 @@ class SchedulerBackstop:
         the "absent" / "exists" answers the caller expects (as _Gone / _Conflict)."""
         started = time.monotonic()
         try:
-            return call(self._scheduler())
+            return call(self._service_client())
         except (ClientError, BotoCoreError) as exc:
             code = (exc.response.get("Error", {}).get("Code")
                     if isinstance(exc, ClientError) else None)
@@ -163,22 +132,11 @@ class SchedulerBackstop:
             if conflict_ok and code == CONFLICT:
                 raise _Conflict from exc
             error = translate(exc, action, self._profile, instance_id=instance_id,
-                              uses_sso=self._session is not None and uses_sso(self._session),
+                              uses_sso=self._uses_sso(),
                               elapsed=time.monotonic() - started)
             if isinstance(error, CredentialsError):
                 self.close()  # a client keeps the credentials it was built with
             raise error from exc
-
-    def _scheduler(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                if self._session is None:
-                    self._session = self._session_factory(self._profile)
-                self._client = self._session.client("scheduler",
-                                                    config=self._limits.client_config())
-                log.debug("[profile=%s] Scheduler endpoint %s", self._profile.name,
-                          self._client.meta.endpoint_url)
-            return self._client
 
     def _ctx(self, instance_id: str) -> str:
         return f"[profile={self._profile.name} instance={instance_id}]"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import boto3
 import botocore.session
@@ -123,10 +123,15 @@ def uses_sso(session: boto3.session.Session) -> bool:
     return "sso_start_url" in scoped or "sso_session" in scoped
 
 
-class Ec2Cloud:
-    """The bastion of one profile in EC2. Thread-safe; nothing touches AWS before a call."""
+class AwsHandle:
+    """One profile's boto3 client of one service: built on first use from the profile's
+    session (the standard chain, ApiLimits), closed by close() — the next call builds a new
+    one, with whatever credentials are current then. Thread-safe; a context manager."""
 
-    def __init__(self, profile: Profile, session_factory: SessionFactory | None = None, *,
+    SERVICE = ""  # the boto3 service name
+    LABEL = ""  # how log lines name it
+
+    def __init__(self, profile: Profile, session_factory: SessionFactory | None = None,
                  limits: ApiLimits | None = None) -> None:
         self._profile = profile
         self._session_factory = session_factory or default_session
@@ -134,15 +139,53 @@ class Ec2Cloud:
         self._lock = threading.Lock()
         self._session: boto3.session.Session | None = None
         self._client: Any = None
+
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
+    def close(self) -> None:
+        """Close the client's HTTP connections; a later call opens new ones."""
+        with self._lock:
+            client, self._client, self._session = self._client, None, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _service_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                if self._session is None:
+                    self._session = self._session_factory(self._profile)
+                self._client = self._session.client(self.SERVICE,
+                                                    config=self._limits.client_config())
+                log.debug("[profile=%s] %s endpoint %s", self._profile.name, self.LABEL,
+                          self._client.meta.endpoint_url)
+            return self._client
+
+    def _uses_sso(self) -> bool:
+        return self._session is not None and uses_sso(self._session)
+
+
+class Ec2Cloud(AwsHandle):
+    """The bastion of one profile in EC2. Thread-safe; nothing touches AWS before a call."""
+
+    SERVICE, LABEL = "ec2", "EC2"
+
+    def __init__(self, profile: Profile, session_factory: SessionFactory | None = None, *,
+                 limits: ApiLimits | None = None) -> None:
+        super().__init__(profile, session_factory, limits)
         self._endpoint: str | None = None  # resolved once, by the first `endpoint` read
         # the configured id, or the one the Name tag resolved to: a Name is resolved once per
         # adapter, so a second instance tagged the same later cannot take over mid-session
         self._instance_id: str | None = profile.bastion.instance_id
         self._warned_no_addresses = False
-
-    @property
-    def profile(self) -> Profile:
-        return self._profile
 
     @property
     def instance_id(self) -> str | None:
@@ -211,22 +254,6 @@ class Ec2Cloud:
             Resources=[instance_id], Tags=[{"Key": lease_key(user_id)}]))
         log.debug("%s lease %s released", self._ctx(), user_id)
 
-    # --- handle ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the HTTP connections of the EC2 client; a later call opens new ones."""
-        with self._lock:
-            client, self._client, self._session = self._client, None, None
-        if client is not None:
-            client.close()
-
-    def __enter__(self) -> Ec2Cloud:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     # --- lookups ----------------------------------------------------------------------------
 
     def _resolved_id(self) -> str:
@@ -289,7 +316,7 @@ class Ec2Cloud:
         """Run one EC2 call; every botocore failure leaves as a translated CloudError."""
         started = time.monotonic()
         try:
-            return call(self._ec2())
+            return call(self._service_client())
         except (ClientError, BotoCoreError) as exc:
             elapsed = time.monotonic() - started
             state = None
@@ -302,15 +329,6 @@ class Ec2Cloud:
                 # drop it, so credentials fixed meanwhile are used by the next call
                 self.close()
             raise error from exc
-
-    def _ec2(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                if self._session is None:
-                    self._session = self._session_factory(self._profile)
-                self._client = self._session.client("ec2", config=self._limits.client_config())
-                log.debug("%s EC2 endpoint %s", self._ctx(), self._client.meta.endpoint_url)
-            return self._client
 
     def _resolve_endpoint(self) -> str:
         """`endpoint` from a client built only for it; the caller holds the lock."""
@@ -328,9 +346,6 @@ class Ec2Cloud:
             return str(client.meta.endpoint_url)
         finally:
             client.close()
-
-    def _uses_sso(self) -> bool:
-        return self._session is not None and uses_sso(self._session)
 
     def _state_quietly(self, instance_id: str | None) -> str | None:
         """The instance's state for an error message; None when even that fails."""
