@@ -29,6 +29,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from bastion_tray.adapters import iam_role  # the backstop role exactly as init creates it
 from bastion_tray.core.team import (
     SCHEDULE_GROUP,
     SCHEDULE_PREFIX,
@@ -39,8 +40,8 @@ from bastion_tray.core.team import (
 log = logging.getLogger(__name__)
 
 SCHEDULER_PRINCIPAL = "scheduler.amazonaws.com"
-BACKSTOP_ROLE_NAME = "bastion-tray-backstop"
-BACKSTOP_POLICY_NAME = "stop-bastion"
+BACKSTOP_ROLE_NAME = iam_role.DEFAULT_ROLE_NAME
+MOTO_ACCOUNT = "123456789012"  # the account moto's IAM reports
 _NOT_FOUND = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchEntityException"}
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded"}
 
@@ -307,17 +308,8 @@ def _as_list(value: object) -> list[object]:
 # --- the backstop role, as `bastion-tray init` creates it --------------------------------------
 
 def backstop_trust_policy() -> dict[str, Any]:
-    """Who may assume the backstop role: EventBridge Scheduler only."""
-    return {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": SCHEDULER_PRINCIPAL},
-        "Action": "sts:AssumeRole"}]}
-
-
-def backstop_stop_policy(region: str, account: str, instance_id: str) -> dict[str, Any]:
-    """What the backstop role may do: stop that one bastion, nothing else."""
-    return {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "ec2:StopInstances",
-        "Resource": f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"}]}
+    """Who may assume the backstop role: init's own document (Scheduler, this account)."""
+    return iam_role.trust_policy(MOTO_ACCOUNT)
 
 
 def seed_backstop_role(iam: Any, region: str, bastion_id: str) -> str:
@@ -328,7 +320,7 @@ def seed_backstop_role(iam: Any, region: str, bastion_id: str) -> str:
                                        "bastion")["Role"]
     arn = str(role["Arn"])
     account = arn.split(":")[4]  # moto's account (123456789012), as IAM itself reports it
-    iam.put_role_policy(RoleName=BACKSTOP_ROLE_NAME, PolicyName=BACKSTOP_POLICY_NAME,
-                        PolicyDocument=json.dumps(backstop_stop_policy(region, account,
-                                                                       bastion_id)))
+    instance = iam_role.instance_arn(region, account, bastion_id)
+    iam.put_role_policy(RoleName=BACKSTOP_ROLE_NAME, PolicyName=iam_role.policy_name(bastion_id),
+                        PolicyDocument=json.dumps(iam_role.stop_policy(instance)))
     return arn
