@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import socket
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -236,6 +237,60 @@ def test_bad_flags_are_usage_errors(app: App, args: list[str], message: str) -> 
     assert not app.config.exists()
 
 
+@pytest.mark.parametrize("stdin", ["pipe", "devnull"])
+def test_dry_run_without_a_terminal_takes_the_defaults_and_asks_nothing(
+        app: App, databases: dict[str, dict[str, Any]], stdin: str) -> None:
+    """Issue 10: `init --dry-run </dev/null` (or in a pipe) previews what --yes would write."""
+    sb = app.sandbox
+    state = app.instance_state()
+    argv = [sys.executable, "-m", "bastion_tray", "init", "--region", sb.region, "--dry-run",
+            "--identity-file", str(sb.client_key)]
+    proc = (subprocess.run(argv, env=app.env, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL) if stdin == "devnull"
+            else subprocess.run(argv, env=app.env, capture_output=True, text=True, timeout=60,
+                                input="y\n" * 10))  # answers to questions that must not come
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: no terminal: --dry-run takes the defaults" in proc.stderr
+    assert "(--dry-run: nothing was written)" in proc.stdout
+    for question in ("Which one", "Profile name [", "Keep which", "[Y/n]", "[y/N]"):
+        assert question not in proc.stdout + proc.stderr
+    # the profile it prints is the one --yes writes: discovered from the sandbox's AWS
+    printed = tomllib.loads(proc.stdout.split("profile foo for ", 1)[1].split("\n", 1)[1]
+                            .split("(--dry-run", 1)[0])
+    profile = printed["profiles"]["foo"]
+    assert profile["bastion"]["instance_id"] == sb.bastion_instance_id
+    assert set(profile["forwards"]) == {"foo-db", "foo-pg"}
+    assert profile["hosts"] == {
+        "appserver": {"hostname": private_ip(sb, sb.appserver_instance_id)}}
+    assert "backstop_role" not in profile["bastion"]  # none, as with --yes, and said so
+    assert "note: no backstop role" in proc.stderr
+    assert not app.config.exists() and app.instance_state() == state
+
+
+def test_dry_run_without_a_terminal_names_the_flag_for_a_choice_it_cannot_default(
+        sandbox: Sandbox) -> None:
+    app = App(sandbox)  # its config has profile foo: the name init would derive is taken
+    try:
+        before = app.config.read_bytes()
+        taken = init(app, "--dry-run")
+        assert taken.returncode == 2, taken.stdout + taken.stderr
+        assert "profile 'foo' already exists" in taken.stderr and "--force" in taken.stderr
+        with extra_instance(sandbox, "jump-host", "ssh") as jump:
+            two = init(app, "bar", "--dry-run", "--no-forwards")
+            assert two.returncode == 2, two.stdout + two.stderr
+            assert "2 bastion candidates" in two.stderr and "pass --bastion" in two.stderr
+            assert jump in two.stderr and "Which one" not in two.stdout
+        assert app.config.read_bytes() == before
+        # without --dry-run, a missing terminal is still an error: init would write
+        write = init(app, "bar")
+        assert write.returncode == 2, write.stdout + write.stderr
+        assert "asks its questions on a terminal" in write.stderr
+        assert "--yes" in write.stderr and "--dry-run" in write.stderr
+        assert app.config.read_bytes() == before
+    finally:
+        app.close()
+
+
 def test_init_writes_a_profile_that_connect_uses(fresh_sandbox: Sandbox) -> None:
     sb = fresh_sandbox
     app = App(sb)  # the bastion's key is in the app's known_hosts, as `trust` would leave it
@@ -270,7 +325,8 @@ def test_yes_with_trust_records_the_bastion_key_without_asking(fresh_sandbox: Sa
         proc = init(app, "--yes", "--trust", "--no-forwards", "--no-hosts", "--identity-file",
                     str(sb.client_key), "--user", sb.user, "--port", str(sb.bastion_port))
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert sb.bastion_host_key_fingerprint in proc.stdout and "recorded in" in proc.stdout
+        assert sb.bastion_host_key_fingerprint in proc.stdout + proc.stderr
+        assert "recorded" in proc.stdout and "not recorded" not in proc.stdout
         assert sb.bastion_host_key_line.split()[1] in app.known_hosts.read_text()
     finally:
         app.close()
@@ -298,9 +354,10 @@ def test_init_on_a_terminal_asks_then_trusts_the_bastion(
                   "laptop is gone? [Y/n]".encode(), "n"),
                  (b"[Y/n]", "y"),  # write
                  (b"(starts the bastion) [y/N]", "y"),
-                 (b"console output. [y/N]", "y")])  # trust's own question
+                 (b"[y/N]", "y")])  # trust's own question, after the key it shows
         assert code == 0, output
-        assert "recorded in" in output
+        assert "Trust this key?" in output and sb.bastion_host_key_fingerprint in output
+        assert "recorded" in output and "not recorded" not in output
         assert sb.bastion_host_key_line.split()[1] in app.known_hosts.read_text()
         profile = written(app)["profiles"]["foo"]
         assert set(profile["forwards"]) == {"foo-db", "foo-pg"}

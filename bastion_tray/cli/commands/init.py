@@ -2,7 +2,8 @@
 
 Finds the bastion (Name tag *bastion*, or a security group opening TCP 22), its VPC's private
 instances as shell hosts and the RDS databases as forwards on free local ports; offers to create
-the backstop's IAM role (adapters/iam_role.py); asks on a terminal (`--yes`: the defaults). The
+the backstop's IAM role (adapters/iam_role.py); asks on a terminal (`--yes`: the defaults;
+`--dry-run` without a terminal takes them too, since it writes nothing). The
 whole new file is validated before it is written, atomically, with a .bak of the previous one;
 the existing text is kept as it was and the profile appended.
 """
@@ -34,7 +35,8 @@ Plan = TypeVar("Plan", cw.ForwardPlan, cw.HostPlan)
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("init", help="build a profile from what the AWS account shows",
                        description="Find the bastion, its VPC's private hosts and the RDS "
-                       "databases; write them as a profile. Asks on a terminal unless --yes.")
+                       "databases; write them as a profile. Asks on a terminal unless --yes "
+                       "(--dry-run without a terminal takes the defaults too).")
     p.add_argument("profile", nargs="?", help="default: from the bastion's Name, foo-bastion→foo")
     p.add_argument("--region", help="default: AWS_REGION, else the AWS profile's region")
     p.add_argument("--aws-profile", metavar="NAME", help="a profile of ~/.aws/config (also "
@@ -59,7 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-y", "--yes", action="store_true", help="ask nothing, take the defaults")
     p.add_argument("--trust", action="store_true", help="then run `trust` (starts the bastion)")
     p.add_argument("--force", action="store_true", help="replace a profile of the same name")
-    p.add_argument("--dry-run", action="store_true", help="print the profile, write nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the profile, write nothing; "
+                   "without a terminal it asks nothing and takes the defaults, like --yes")
     p.set_defaults(run=run)
 
 
@@ -105,10 +108,15 @@ def run(args: argparse.Namespace) -> int:
     forward_specs = [cw.parse_target_spec("--forward", v, local=True) for v in args.forward]
     host_specs = [cw.parse_target_spec("--host", v, local=False) for v in args.host]
     _check_flags(args, existing)
-    prompt = Prompter(interactive=not args.yes)
-    if prompt.interactive and not sys.stdin.isatty():
-        raise UsageError("init asks its questions on a terminal, and there is none",
-                         hint="pass --yes to take the defaults (see bastion-tray init --help)")
+    prompt = Prompter(interactive=not args.yes and _on_a_terminal())
+    if not args.yes and not prompt.interactive:
+        if not args.dry_run:
+            raise UsageError("init asks its questions on a terminal, and there is none",
+                             hint="pass --yes to take the defaults, or --dry-run to see them "
+                                  "(see bastion-tray init --help)")
+        # a preview writes nothing, so it may answer for the user: in a pipe, a script, CI
+        print("note: no terminal: --dry-run takes the defaults, as --yes would (a choice that "
+              "has none is an error naming its flag)", file=sys.stderr)
     region = args.region or dv.default_region(args.aws_profile)
     if not region:
         raise UsageError("no AWS region: pass --region (e.g. --region ap-northeast-1)")
@@ -152,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote profile {name} to {path}"
           + (f" (the previous file is in {backup})" if backup else ""))
     return _next_steps(args, path, source, plan, prompt)
+
+
+def _on_a_terminal() -> bool:
+    """Whether questions can be asked: stdin is a terminal (it is None under pythonw)."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def _check_flags(args: argparse.Namespace, existing: Config | None) -> None:
@@ -412,8 +425,8 @@ def _next_steps(args: argparse.Namespace, path: Path, source: str, plan: cw.Prof
     from bastion_tray.cli.commands import trust
 
     try:
-        return trust.run(argparse.Namespace(config=str(path), profile=plan.name,
-                                            yes=args.yes, fingerprint=None))
+        return trust.run(argparse.Namespace(config=str(path), profile=plan.name, host=None,
+                                            yes=args.yes, fingerprint=None))  # the bastion
     except BastionTrayError as exc:
         exc.hint = f"{exc.hint}; " if exc.hint else ""
         exc.hint += f"the profile is written: run `{trust_cmd}` again"
