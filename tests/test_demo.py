@@ -181,3 +181,23 @@ def test_quit_in_the_demos_tray_ends_the_demo_and_leaves_nothing_behind(
         assert not Path(home.group(1)).exists()
         live = live_processes()
         assert {pid: cmd for pid, cmd in started.items() if live.get(pid) == cmd} == {}
+
+
+def test_a_tray_that_crashes_leaves_the_demo_running_on_the_status_line(
+        sandbox: object) -> None:
+    """Only a tray that exits 0 (its Quit) ends the demo; one that cannot even start (here: a
+    display that does not exist) is reported, and the live status line takes its place."""
+    env = {**os.environ, "DISPLAY": ":65001"}  # no such X server: the tray fails at once
+    env.pop("WAYLAND_DISPLAY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bastion_tray", "demo", "--boot-delay", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        seen = read_until(proc, r"The tray exited with code [1-9]\d* \(see \S+tray\.log\)", 60)
+        assert "Quit in the tray" in seen  # the guide was for a tray
+        assert "demo: stopped" in read_until(proc, r"demo: stopped", 20)
+        assert proc.poll() is None  # still running: Ctrl-C ends it
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Everything is stopped." in out, out
