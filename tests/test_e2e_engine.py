@@ -63,15 +63,10 @@ def test_b_ssh_config_with_system_ssh_reaches_the_app_server(make_app: type[App]
     assert "Host foo-appserver" in block and "Host foo-bastion" in block
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(block)
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[{app.sandbox.appserver_host}]:{app.sandbox.appserver_port} "
-                     f"{app.sandbox.appserver_known_hosts_line.split(' ', 1)[-1]}\n"
-                     if not app.sandbox.appserver_known_hosts_line.startswith("[")
-                     else app.sandbox.appserver_known_hosts_line + "\n")
-    proc = subprocess.run(
-        ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-         "-o", f"UserKnownHostsFile={known}", "foo-appserver", "echo", "app:$(hostname)"],
-        env=app.env, capture_output=True, text=True, timeout=60)
+    app.cli("trust", "foo", "appserver", "--yes", check=True)  # through the bastion
+    proc = subprocess.run(  # the block alone says where keys come from, and to be strict
+        ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "foo-appserver", "echo",
+         "app:$(hostname)"], env=app.env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr + app.log()
     assert proc.stdout.startswith("app:")
     assert app.instance_state() == "running"
@@ -218,18 +213,11 @@ def test_10_instance_stopped_behind_our_back(make_app: type[App]) -> None:
     assert app.instance_state() == "running"
 
 
-def app_known_hosts(app: App, tmp_path: Path) -> Path:
-    known = tmp_path / "app_known_hosts"
-    line = app.sandbox.appserver_known_hosts_line
-    known.write_text(line + "\n")
-    return known
-
-
 def test_shell_runs_through_the_bastion_and_passes_the_exit_code(make_app: type[App],
                                                                   tmp_path: Path) -> None:
     app = make_app()
-    opts = ["-o", f"UserKnownHostsFile={app_known_hosts(app, tmp_path)}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+    app.known_hosts.write_text(app.sandbox.trusted_lines("foo"))  # as `trust` records them
+    opts = ["-o", "BatchMode=yes"]
     proc = app.cli("shell", "foo", "appserver", *opts, "--", "echo", "via-bastion")
     assert proc.returncode == 0, proc.stderr + app.log()
     assert proc.stdout.strip() == "via-bastion"
@@ -287,8 +275,7 @@ def test_stop_closes_forwards_and_stops_now(make_app: type[App]) -> None:
 def without_ssh(app: App, tmp_path: Path, *, trust_appserver: bool) -> dict[str, str]:
     """app.env with a PATH that has no ssh binary (and the app server's key known or not)."""
     if trust_appserver:
-        app.known_hosts.write_text(app.known_hosts.read_text()
-                                   + app.sandbox.appserver_known_hosts_line + "\n")
+        app.known_hosts.write_text(app.sandbox.trusted_lines("foo"))  # as `trust` records
     empty = tmp_path / "bin"
     empty.mkdir()
     return {**app.env, "PATH": str(empty)}

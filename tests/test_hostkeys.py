@@ -20,6 +20,7 @@ from bastion_tray.adapters.hostkeys import (
 from bastion_tray.adapters.ssh import BastionConnection
 from bastion_tray.core.config import BastionConfig
 from bastion_tray.core.errors import HostKeyError
+from bastion_tray.core.trust import KeyTarget, bastion_target, private_target
 from bastion_tray.sandbox import Sandbox
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,6 +51,10 @@ def bastion_config(sb: Sandbox, **changes: object) -> BastionConfig:
 def connect(sb: Sandbox, store: HostKeyStore) -> BastionConnection:
     return BastionConnection.open(sb.eip, sb.bastion_port, bastion_config(sb), hostkeys=store,
                                   profile="foo", timeout=10)
+
+
+def target(sb: Sandbox) -> KeyTarget:
+    return bastion_target("foo", sb.eip, sb.bastion_port)
 
 
 def empty_store(tmp_path: Path, pin: str | None = None) -> HostKeyStore:
@@ -87,9 +92,13 @@ def test_known_key_types_are_asked_for_first(tmp_path: Path) -> None:
     user.write_text(f"[127.0.0.9]:2200 {key.get_name()} {key.get_base64()}\n")
     store = HostKeyStore(tmp_path / "app", user_known_hosts=user)
     default = paramiko.Transport._preferred_keys
-    ordered = store.preferred_key_types("127.0.0.9", 2200, default)
+    ordered = store.preferred_key_types(bastion_target("foo", "127.0.0.9", 2200), default)
     assert ordered[0] == "ecdsa-sha2-nistp256" and sorted(ordered) == sorted(default)
-    assert store.preferred_key_types("127.0.0.8", 2200, default) == default
+    assert store.preferred_key_types(bastion_target("foo", "127.0.0.8", 2200),
+                                     default) == default
+    user.write_text(f"foo-bastion {key.get_name()} {key.get_base64()}\n")  # by alias too
+    ordered = store.preferred_key_types(bastion_target("foo", "127.0.0.8", 2200), default)
+    assert ordered[0] == "ecdsa-sha2-nistp256"
 
 
 # --- against the sandbox bastion ----------------------------------------------------------
@@ -101,8 +110,8 @@ def test_unknown_host_key_is_refused_with_its_fingerprint_and_the_trust_command(
     expected = ssh_keygen_fingerprint(bastion.bastion_host_key_line, tmp_path)
     err = caught.value
     assert err.fingerprint == expected
-    assert err.message == (f"unknown host key for bastion {bastion.eip}:{bastion.bastion_port} "
-                           f"(profile foo): {expected}")
+    assert err.message == (f"unknown host key for bastion foo-bastion at {bastion.eip}:"
+                           f"{bastion.bastion_port} (profile foo): {expected}")
     assert err.hint == "verify it, then run: bastion-tray trust foo"
     assert not (tmp_path / "state").exists(), "an unknown key must never be written anywhere"
 
@@ -111,12 +120,12 @@ def test_trusted_via_the_app_known_hosts_connects(bastion: Sandbox, tmp_path: Pa
     store = empty_store(tmp_path)
     key = fetch_host_key(bastion.eip, bastion.bastion_port, 5)
     assert fingerprint(key) == bastion.bastion_host_key_fingerprint
-    path = store.record(bastion.eip, bastion.bastion_port, key)
+    path = store.record(target(bastion), key)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
-    assert path.read_text() == (f"[{bastion.eip}]:{bastion.bastion_port} "
-                                f"{bastion.bastion_host_key_line}\n")
-    store.record(bastion.eip, bastion.bastion_port, key)  # already there: no duplicate line
+    # under the alias, as OpenSSH's HostKeyAlias looks it up: no address, no port
+    assert path.read_text() == f"foo-bastion {bastion.bastion_host_key_line}\n"
+    store.record(target(bastion), key)  # already there: no duplicate line
     assert len(path.read_text().splitlines()) == 1
     with connect(bastion, store) as conn:
         assert conn.alive and conn.host_key == bastion.bastion_host_key_fingerprint
@@ -151,7 +160,7 @@ def test_changed_key_is_refused_loudly_and_the_file_is_left_byte_for_byte(
     with pytest.raises(HostKeyError) as caught:
         connect(bastion, store)
     err = caught.value
-    assert err.message.startswith(f"HOST KEY CHANGED for bastion {bastion.eip}:"
+    assert err.message.startswith(f"HOST KEY CHANGED for bastion foo-bastion at {bastion.eip}:"
                                   f"{bastion.bastion_port} (profile foo)!")
     assert fingerprint(old) in err.message and f"{path}:2" in err.message
     assert err.fingerprint == bastion.bastion_host_key_fingerprint
@@ -159,13 +168,8 @@ def test_changed_key_is_refused_loudly_and_the_file_is_left_byte_for_byte(
     assert "attack" in err.message and "rebuilt" in err.message
     assert f"remove line 2 from {path}" in (err.hint or "")
     assert "bastion-tray trust foo" in (err.hint or "")
-    # trust cannot paper over it either: the old line has to go first
-    new = fetch_host_key(bastion.eip, bastion.bastion_port, 5)
-    with pytest.raises(HostKeyError, match="CHANGED"):
-        store.record(bastion.eip, bastion.bastion_port, new)
+    assert f"ssh-keygen -R '{name}'" in (err.hint or "")
     assert path.read_bytes() == before
-    if where == "user":
-        assert not store.app_known_hosts.exists()
 
 
 def test_hashed_entry_in_the_user_known_hosts_is_honoured(bastion: Sandbox,
@@ -197,3 +201,59 @@ def test_revoked_key_is_refused(bastion: Sandbox, tmp_path: Path) -> None:
                     f"{name} {bastion.bastion_host_key_line}\n")
     with pytest.raises(HostKeyError, match="REVOKED"):
         connect(bastion, HostKeyStore(tmp_path / "app", user_known_hosts=user))
+
+
+# --- aliases ------------------------------------------------------------------------------
+
+def test_a_line_under_the_alias_decides_and_address_lines_are_then_ignored(
+        bastion: Sandbox, tmp_path: Path) -> None:
+    old = paramiko.PKey.from_path(keygen(tmp_path / "old_host_key"))
+    store = empty_store(tmp_path)
+    name = known_hosts_name(bastion.eip, bastion.bastion_port)
+    # an address that AWS handed to someone else, as an older version recorded it
+    store.user_known_hosts.write_text(f"{name} ssh-ed25519 {old.get_base64()}\n")
+    with pytest.raises(HostKeyError, match="CHANGED"):
+        connect(bastion, store)
+    store.app_known_hosts.parent.mkdir(parents=True)
+    store.app_known_hosts.write_text(f"foo-bastion {bastion.bastion_host_key_line}\n")
+    with connect(bastion, store) as conn:  # the alias's line vouches, the address's is moot
+        assert conn.alive
+
+
+def test_a_key_trusted_under_one_profile_is_unknown_under_another(
+        bastion: Sandbox, tmp_path: Path) -> None:
+    store = empty_store(tmp_path)
+    store.app_known_hosts.parent.mkdir(parents=True)
+    store.app_known_hosts.write_text(f"bar-bastion {bastion.bastion_host_key_line}\n")
+    with pytest.raises(HostKeyError, match="unknown host key for bastion foo-bastion"):
+        connect(bastion, store)
+
+
+def test_a_changed_key_under_the_alias_cannot_be_recorded_over(
+        bastion: Sandbox, tmp_path: Path) -> None:
+    old = paramiko.PKey.from_path(keygen(tmp_path / "old_host_key"))
+    store = empty_store(tmp_path)
+    store.app_known_hosts.parent.mkdir(parents=True)
+    store.app_known_hosts.write_text(f"foo-bastion ssh-ed25519 {old.get_base64()}\n")
+    before = store.app_known_hosts.read_bytes()
+    new = fetch_host_key(bastion.eip, bastion.bastion_port, 5)
+    with pytest.raises(HostKeyError) as caught:
+        store.record(target(bastion), new)
+    assert fingerprint(old) in caught.value.message and fingerprint(new) in caught.value.message
+    assert "ssh-keygen -R 'foo-bastion'" in (caught.value.hint or "")
+    assert store.app_known_hosts.read_bytes() == before
+
+
+def test_a_private_host_is_never_trusted_by_its_address(tmp_path: Path) -> None:
+    key = paramiko.PKey.from_path(keygen(tmp_path / "app_host_key"))
+    user = tmp_path / "user_known_hosts"
+    user.write_text(f"10.0.0.115 {key.get_name()} {key.get_base64()}\n")  # another VPC's
+    store = HostKeyStore(tmp_path / "app", user_known_hosts=user)
+    app = private_target("foo", "appserver", "10.0.0.115", 22)
+    assert store.check(app, key).status == "unknown"
+    store.record(app, key)
+    assert (tmp_path / "app").read_text() == f"foo-appserver {key.get_name()} " \
+                                             f"{key.get_base64()}\n"
+    assert store.check(app, key).trusted
+    other = private_target("bar", "appserver", "10.0.0.115", 22)
+    assert store.check(other, key).status == "unknown"

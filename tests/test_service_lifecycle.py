@@ -444,15 +444,6 @@ def test_a_failing_step_is_logged_once_and_the_next_tick_runs(monkeypatch, caplo
     assert h.cloud.calls.count("stop") == 1
 
 
-def test_trust_records_only_the_confirmed_key_in_the_daemon() -> None:
-    h = Harness(FakeCloud(state="running"))
-    with pytest.raises(HostKeyError, match="nothing was recorded"):
-        h.rt.trust("SHA256:wrong")
-    assert h.adapters.recorded == []
-    h.rt.trust("SHA256:right")
-    assert h.adapters.recorded == ["ssh-ed25519 AAAA"]
-
-
 def test_state_file_keeps_what_must_survive_and_nothing_else(tmp_path) -> None:
     h = Harness(state_dir=tmp_path)
     up(h)

@@ -1,4 +1,5 @@
-"""Host-key verification for the bastion: never trust on first use, never replace silently.
+"""Host-key verification for the bastion and private hosts: never trust on first use, never
+replace silently.
 
 Keys come from three places, checked in this order:
 
@@ -7,10 +8,11 @@ Keys come from three places, checked in this order:
    `HostKeyStore.record`, which ``bastion-tray trust`` calls after the user confirmed.
 3. the user's ``~/.ssh/known_hosts``: read only, hashed (``|1|…``) and wildcard entries included.
 
-Entries are keyed as OpenSSH keys them: ``host`` for port 22, ``[host]:port`` otherwise. A key
-recorded for one address says nothing about another: a bastion without an Elastic IP gets a new
-public address at every start, so its key must be trusted again (or pinned with ``host_key``,
-which does not depend on the address).
+Entries are keyed by the host's alias (``foo-bastion``, ``foo-appserver``; core/trust.py), as
+OpenSSH keys them under ``HostKeyAlias``, so a bastion without an Elastic IP keeps its trusted
+key across new public addresses and 10.0.0.115 in one VPC is not 10.0.0.115 in another. Lines
+under the address (``host`` on port 22, ``[host]:port`` otherwise: earlier versions, the user's
+own ``ssh``) count only while no line names the alias.
 
 We drive `paramiko.Transport` ourselves rather than `SSHClient`, so instead of a
 `MissingHostKeyPolicy` the check runs right after key exchange (`negotiate`) and before any
@@ -26,12 +28,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
 from bastion_tray.adapters.readiness import hostport, open_tcp
 from bastion_tray.core.errors import HostKeyError, SSHError
 from bastion_tray.core.paths import ensure_private_dir
+from bastion_tray.core.trust import KeyTarget
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,8 @@ class HostKeyCheck:
     key_type: str
     matched: KnownKey | None = None  # the entry that vouches for it (trusted)
     conflicts: tuple[KnownKey, ...] = ()  # same-type keys that differ (changed), or the revocation
-    others: tuple[KnownKey, ...] = ()  # keys of other types known for this address
+    others: tuple[KnownKey, ...] = ()  # keys of other types known for this host
+    name: str = ""  # the known_hosts name the entries were found under (alias or address)
 
     @property
     def trusted(self) -> bool:
@@ -139,7 +144,13 @@ def read_known_hosts(path: Path, name: str) -> list[KnownKey]:
 
 
 class HostKeyStore:
-    """The bastion's trusted host keys: config pin, app known_hosts, user known_hosts."""
+    """Trusted host keys: config pin, app known_hosts, user known_hosts (read only).
+
+    Lines under the target's alias decide when there are any. For the bastion only, when neither
+    file names its alias, lines under its address count (what versions before aliases recorded,
+    what a user's own ``ssh`` wrote): they vouch for the very key they hold and flag a different
+    one, but the app never writes an address line again. A private host is known by alias only.
+    """
 
     def __init__(self, app_known_hosts: Path, *, pin: str | None = None,
                  user_known_hosts: Path | None = None) -> None:
@@ -149,113 +160,119 @@ class HostKeyStore:
                                  else Path.home() / ".ssh" / "known_hosts")
         self.pin = pin
 
-    def known(self, host: str, port: int) -> list[KnownKey]:
-        name = known_hosts_name(host, port)
+    def _read(self, name: str) -> list[KnownKey]:
         return (read_known_hosts(self.app_known_hosts, name)
                 + read_known_hosts(self.user_known_hosts, name))
 
-    def check(self, host: str, port: int, key: paramiko.PKey) -> HostKeyCheck:
-        """Classify `key` presented by `host:port`; never raises, never writes."""
+    def known(self, target: KeyTarget, *, legacy: bool = True) -> tuple[str, list[KnownKey]]:
+        """The name that decides for `target` and its entries: the alias's, else (`legacy`, the
+        bastion only: private addresses repeat across VPCs) the address's."""
+        entries = self._read(target.alias)
+        if entries or not legacy or target.host_name is not None:
+            return target.alias, entries
+        return target.address, self._read(target.address)
+
+    def check(self, target: KeyTarget, key: paramiko.PKey, *,
+              legacy: bool = True) -> HostKeyCheck:
+        """Classify `key` presented by `target`; never raises, never writes. Without `legacy`
+        only the alias's lines count (what OpenSSH with HostKeyAlias sees)."""
         fp, key_type, blob = fingerprint(key), key.get_name(), key.asbytes()
-        if self.pin is not None:
+        if self.pin is not None and target.host_name is None:
             pin = KnownKey("", self.pin, None)
             if pin.fingerprint == fp:
                 return HostKeyCheck("trusted", fp, key_type, matched=pin)
             return HostKeyCheck("changed", fp, key_type, conflicts=(pin,))
-        entries = self.known(host, port)
+        name, entries = self.known(target, legacy=legacy)
         revoked = tuple(e for e in entries if e.revoked and e.blob == blob)
         if revoked:
-            return HostKeyCheck("revoked", fp, key_type, conflicts=revoked)
+            return HostKeyCheck("revoked", fp, key_type, conflicts=revoked, name=name)
         valid = [e for e in entries if not e.revoked]
         for entry in valid:
             if entry.blob == blob:
-                return HostKeyCheck("trusted", fp, key_type, matched=entry)
+                return HostKeyCheck("trusted", fp, key_type, matched=entry, name=name)
         same = tuple(e for e in valid if e.key_type == key_type)
         others = tuple(e for e in valid if e.key_type != key_type)
         return HostKeyCheck("changed" if same else "unknown", fp, key_type,
-                            conflicts=same, others=others)
+                            conflicts=same, others=others, name=name)
 
-    def verify(self, host: str, port: int, key: paramiko.PKey, *, profile: str) -> HostKeyCheck:
+    def verify(self, target: KeyTarget, key: paramiko.PKey) -> HostKeyCheck:
         """`check`, raising HostKeyError unless the key is trusted."""
-        result = self.check(host, port, key)
+        result = self.check(target, key)
         if not result.trusted:
-            raise host_key_error(result, host, port, profile)
-        log.debug("[profile=%s bastion=%s] host key %s trusted via %s", profile,
-                  hostport(host, port), result.fingerprint, result.matched and result.matched.where)
+            raise host_key_error(result, target)
+        log.debug("[profile=%s host=%s] host key %s trusted via %s", target.profile,
+                  target.alias, result.fingerprint, result.matched and result.matched.where)
         return result
 
-    def preferred_key_types(self, host: str, port: int,
+    def preferred_key_types(self, target: KeyTarget,
                             default: tuple[str, ...]) -> tuple[str, ...]:
         """`default` reordered so the types we know a key of come first, as OpenSSH does.
 
         Without this a server with several host keys would show its ed25519 key although the
         user's known_hosts vouches for its ecdsa one. Nothing is removed from `default`.
         """
-        if self.pin is not None:
+        if self.pin is not None and target.host_name is None:
             return default
         known: list[str] = []
-        for entry in self.known(host, port):
+        for entry in self.known(target)[1]:
             for algorithm in _ALGORITHMS.get(entry.key_type, (entry.key_type,)):
                 if algorithm in default and algorithm not in known:
                     known.append(algorithm)
         return tuple(known) + tuple(a for a in default if a not in known)
 
-    def record(self, host: str, port: int, key: paramiko.PKey) -> Path:
-        """Append `key` for `host:port` to the app's known_hosts (dir 0700, file 0600).
+    def record(self, target: KeyTarget, key: paramiko.PKey) -> Path:
+        """Append `key` under `target.alias` to the app's known_hosts (dir 0700, file 0600).
 
         Only ``bastion-tray trust`` calls this, after the user confirmed the fingerprint. A key
-        that conflicts with one already known is refused: the old line must be removed by hand
-        after verifying, so a changed key is never replaced silently.
+        that conflicts with one already known under the alias is refused: the old line must be
+        removed by hand after verifying, so a changed key is never replaced silently.
         """
-        result = HostKeyStore(self.app_known_hosts,
-                              user_known_hosts=self.user_known_hosts).check(host, port, key)
+        result = HostKeyStore(self.app_known_hosts, user_known_hosts=self.user_known_hosts
+                              ).check(target, key, legacy=False)  # never the pin
         if result.trusted and result.matched and result.matched.path == self.app_known_hosts:
             return self.app_known_hosts
         if result.status in ("changed", "revoked"):
-            raise host_key_error(result, host, port, profile=None)
+            raise host_key_error(result, target)
         ensure_private_dir(self.app_known_hosts.parent)
-        line = f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+        line = f"{target.alias} {key.get_name()} {key.get_base64()}\n"
         fd = os.open(self.app_known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as handle:
             if os.name != "nt":
                 os.fchmod(handle.fileno(), 0o600)
             handle.write(line)
-        log.info("[bastion=%s] recorded host key %s in %s", hostport(host, port),
-                 result.fingerprint, self.app_known_hosts)
+        log.info("[profile=%s host=%s] recorded host key %s in %s", target.profile,
+                 target.alias, result.fingerprint, self.app_known_hosts)
         return self.app_known_hosts
 
 
-def host_key_error(result: HostKeyCheck, host: str, port: int,
-                   profile: str | None) -> HostKeyError:
+def host_key_error(result: HostKeyCheck, target: KeyTarget) -> HostKeyError:
     """The HostKeyError for a check that did not pass, with the way out in its hint."""
-    where = f"bastion {hostport(host, port)}" + (f" (profile {profile})" if profile else "")
-    trust = f"bastion-tray trust {profile}" if profile else "bastion-tray trust PROFILE"
-    fp = result.fingerprint
+    where, trust, fp = target.describe, target.trust_command, result.fingerprint
     if result.status == "unknown":
         extra = ""
         if result.others:
             kinds = ", ".join(sorted({e.key_type for e in result.others}))
-            extra = f" ({result.key_type}; only {kinds} keys are known for this address)"
+            extra = f" ({result.key_type}; only {kinds} keys are known for it)"
         return HostKeyError(f"unknown host key for {where}: {fp}{extra}", fingerprint=fp,
                             hint=f"verify it, then run: {trust}")
     old = result.conflicts[0]
     if result.status == "revoked":
         return HostKeyError(
             f"the host key of {where} is REVOKED ({old.where}): {fp}. Refusing to connect.",
-            fingerprint=fp, hint="ask whoever runs the bastion why its key was revoked")
+            fingerprint=fp, hint="ask whoever runs the host why its key was revoked")
     known = "\n".join(f"  known:     {e.fingerprint}{' ' + e.key_type if e.key_type else ''} "
                       f"({e.where})" for e in result.conflicts)
     message = (
         f"HOST KEY CHANGED for {where}!\n{known}\n"
         f"  presented: {fp} {result.key_type}\n"
-        "This could be an attack (someone intercepting the connection), or the instance was "
+        "This could be an attack (someone intercepting the connection), or the machine was "
         "rebuilt or replaced and has a new host key. No credentials were sent, nothing was changed."
     )
     if old.path is None:
         hint = ("verify the new fingerprint (e.g. in the instance's console output), then "
                 "update host_key in the config")
     else:
-        name = known_hosts_name(host, port)
+        name = result.name or target.alias
         hint = (f"verify the new fingerprint (e.g. in the instance's console output), then remove "
                 f"line {old.line} from {old.path} (ssh-keygen -R '{name}' -f {old.path}) "
                 f"and run: {trust}")
@@ -263,7 +280,7 @@ def host_key_error(result: HostKeyCheck, host: str, port: int,
 
 
 def negotiate(transport: paramiko.Transport, host: str, port: int, *,
-              timeout: float) -> paramiko.PKey:
+              timeout: float, what: str = "the bastion") -> paramiko.PKey:
     """Run key exchange on `transport` and return the server's host key (SSHError on failure)."""
     transport.banner_timeout = timeout
     transport.handshake_timeout = timeout
@@ -275,29 +292,32 @@ def negotiate(transport: paramiko.Transport, host: str, port: int, *,
         if isinstance(exc, TimeoutError):
             detail = "timed out"
         raise SSHError(
-            f"SSH handshake with the bastion at {hostport(host, port)} failed: {detail}",
+            f"SSH handshake with {what} at {hostport(host, port)} failed: {detail}",
             hint="the port answers but not as a working SSH server: check host and port in the "
                  "config, or wait a moment if the instance is still booting",
         ) from None
     if not transport.is_active():
-        raise SSHError(f"SSH handshake with the bastion at {hostport(host, port)} timed out "
+        raise SSHError(f"SSH handshake with {what} at {hostport(host, port)} timed out "
                        f"after {timeout:g} s")
     return transport.get_remote_server_key()
 
 
 def fetch_host_key(host: str, port: int, timeout: float = 15.0, *,
-                   key_types: tuple[str, ...] | None = None) -> paramiko.PKey:
+                   key_types: tuple[str, ...] | None = None,
+                   via: Any = None, what: str = "the bastion") -> paramiko.PKey:
     """Key exchange only, then hang up: the server's host key, for ``bastion-tray trust``.
 
-    Nothing is authenticated and nothing is trusted here; the caller shows `fingerprint()` of
-    the result to the user before it calls `HostKeyStore.record`.
+    `via` is a stream already open to the server — a ``direct-tcpip`` channel through the
+    bastion, for a private host — instead of a TCP connection of our own. Nothing is
+    authenticated and nothing is trusted here; the caller shows `fingerprint()` of the result
+    to the user before it calls `HostKeyStore.record`.
     """
-    sock = open_tcp(host, port, timeout=timeout)
+    sock = via if via is not None else open_tcp(host, port, timeout=timeout)
     transport = paramiko.Transport(sock)
     try:
         if key_types:
             transport.get_security_options().key_types = key_types
-        return negotiate(transport, host, port, timeout=timeout)
+        return negotiate(transport, host, port, timeout=timeout, what=what)
     finally:
         transport.close()
         sock.close()

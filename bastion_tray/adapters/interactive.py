@@ -21,6 +21,7 @@ import paramiko
 from bastion_tray.adapters import ssh
 from bastion_tray.adapters.hostkeys import HostKeyStore, negotiate
 from bastion_tray.core.config import HostConfig
+from bastion_tray.core.trust import private_target
 
 log = logging.getLogger("bastion_tray.shell")
 
@@ -39,7 +40,9 @@ def open_session(pipe: socket.socket, host: HostConfig, known_hosts: Path,
     transport = paramiko.Transport(pipe)
     try:
         key = negotiate(transport, host.hostname, host.port, timeout=30)
-        HostKeyStore(known_hosts).verify(host.hostname, host.port, key, profile=profile)
+        # trusted under foo-appserver, never by its address alone
+        target = private_target(profile, host.name, host.hostname, host.port)
+        HostKeyStore(known_hosts).verify(target, key)
         where = f"{host.hostname}:{host.port}"
         logger = ssh.LogContext(profile, host.hostname, host.port)
         ssh.authenticate(transport, host, where, _ask_passphrase,  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from bastion_tray.adapters.readiness import hostport, open_tcp
 from bastion_tray.adapters.remote_exec import run_command
 from bastion_tray.core.config import BastionConfig
 from bastion_tray.core.errors import PassphraseNeeded, SSHError
+from bastion_tray.core.trust import bastion_target
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +229,11 @@ class BastionConnection:
         sock = open_tcp(host, port, timeout=timeout)
         transport = _tuned_transport(sock)
         try:
+            target = bastion_target(profile, host, port)  # trusted under foo-bastion
             options = transport.get_security_options()
-            options.key_types = hostkeys.preferred_key_types(host, port, tuple(options.key_types))
+            options.key_types = hostkeys.preferred_key_types(target, tuple(options.key_types))
             key = negotiate(transport, host, port, timeout=timeout)
-            checked = hostkeys.verify(host, port, key, profile=profile)
+            checked = hostkeys.verify(target, key)
             transport.auth_timeout = timeout
             method = authenticate(transport, bastion, where, passphrase, profile, logger)
         except BaseException:

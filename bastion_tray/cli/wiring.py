@@ -13,6 +13,7 @@ from bastion_tray.core.config import BastionConfig, Config, ForwardConfig, Profi
 from bastion_tray.core.errors import PassphraseNeeded, SSHError
 from bastion_tray.core.paths import AppPaths
 from bastion_tray.core.ports import Backstop, Channel, Cloud, Progress
+from bastion_tray.core.trust import KeyTarget
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
 
@@ -110,21 +111,35 @@ class RealAdapters:
 
         return SocketChannel(readiness.open_tcp(host, port, timeout=15))
 
-    def fetch_host_key(self, host: str, port: int) -> tuple[str, str]:
+    def fetch_host_key(self, host: str, port: int, via: Any = None) -> tuple[str, str]:
         from bastion_tray.adapters import hostkeys
 
-        key = hostkeys.fetch_host_key(host, port)
+        what = "the bastion" if via is None else "the host (through the bastion)"
+        key = hostkeys.fetch_host_key(host, port, via=via, what=what)
         return hostkeys.fingerprint(key), f"{key.get_name()} {key.get_base64()}"
 
-    def record_host_key(self, host: str, port: int, line: str) -> str:
-        import paramiko
+    def host_key_status(self, target: KeyTarget, line: str,
+                        pin: str | None) -> tuple[str, list[str], bool]:
+        store, key = self._store(pin), _key(line)
+        result = store.check(target, key)
+        alias_only = store.check(target, key, legacy=False)
+        recorded = (alias_only.trusted and alias_only.matched is not None
+                    and alias_only.matched.path == store.app_known_hosts)
+        return result.status, [e.fingerprint for e in result.conflicts], recorded
 
-        kind, _, blob = line.partition(" ")
-        key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-        return str(self._store(None).record(host, port, key))
+    def record_host_key(self, target: KeyTarget, line: str) -> str:
+        return str(self._store(None).record(target, _key(line)))
 
     def close(self) -> None:
         self._relay.close()
+
+
+def _key(line: str) -> Any:
+    """A paramiko key from ``"ssh-ed25519 AAAA…"``."""
+    import paramiko
+
+    kind, _, blob = line.partition(" ")
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
 
 
 class SocketChannel:

@@ -85,6 +85,7 @@ class Sandbox:
         self._procs = ProcessSet()
         self._db: MariaDB | None = None
         self._bastion: Sshd | StandinBastion | None = None
+        self._appserver: Sshd | StandinAppServer | None = None
         self._standin_servers: list[StandinBastion | StandinDatabase] = []
         self._watcher: BastionWatcher | None = None
         self._schedule_runner: ScheduleRunner | None = None
@@ -122,6 +123,7 @@ class Sandbox:
         appserver = (self._start_standin_peers(bastion_port) if self.standins
                      else self._start_real_peers(bastion_port))
         appserver.wait_answering()
+        self._appserver = appserver
         self._write_known_hosts()
 
         ec2 = aws.ec2_client(self.endpoint_url)  # the watcher's own: it runs in its own thread
@@ -239,6 +241,28 @@ class Sandbox:
                                              self.bastion_host_key_line)
         self.known_hosts = self.workdir / "known_hosts"
         self.known_hosts.write_text(f"{bastion_line}\n{self.appserver_known_hosts_line}\n")
+
+    def trusted_lines(self, profile: str = "foo") -> str:
+        """known_hosts lines for the app, as `bastion-tray trust` writes them: keyed by the
+        aliases <profile>-bastion and <profile>-appserver, not by address."""
+        return (f"{profile}-bastion {self.bastion_host_key_line}\n"
+                f"{profile}-appserver {self._appserver_key.public_line}\n")
+
+    @property
+    def appserver_host_key_line(self) -> str:
+        return self._appserver_key.public_line
+
+    def rekey_appserver(self) -> str:
+        """Give the app server a new host key (a rebuilt machine): a fresh key, sshd restarted
+        with it. Returns the new "ssh-ed25519 AAAA…" line."""
+        if not isinstance(self._appserver, Sshd):
+            raise SandboxError("rekey_appserver needs the real app-server sshd")
+        self._appserver.stop()
+        self._appserver_key = self._new_key(self._appserver_key.private, "sandbox-appserver")
+        self._appserver.start()
+        self._appserver.wait_answering()
+        self._write_known_hosts()
+        return self._appserver_key.public_line
 
     # --- using it ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from bastion_tray.core.config import BastionConfig, ForwardConfig, Profile, Settings
 from bastion_tray.core.ports import Backstop, Channel, Cloud, Progress
+from bastion_tray.core.trust import KeyTarget
 
 
 class BastionLink(Protocol):
@@ -102,12 +103,21 @@ class Adapters(Protocol):
         """A plain TCP stream to host:port, relay-ready (for `proxy @bastion`)."""
         ...
 
-    def fetch_host_key(self, host: str, port: int) -> tuple[str, str]:
-        """(fingerprint, key line) of the server's host key."""
+    def fetch_host_key(self, host: str, port: int, via: Any = None) -> tuple[str, str]:
+        """(fingerprint, key line) of the server's host key; `via`: a stream already open to
+        it (a channel through the bastion), else a TCP connection of its own."""
         ...
 
-    def record_host_key(self, host: str, port: int, line: str) -> str:
-        """Record a confirmed key in the app's known_hosts; the file's path."""
+    def host_key_status(self, target: KeyTarget, line: str,
+                        pin: str | None) -> tuple[str, list[str], bool]:
+        """How the app's stores judge `line` for `target`: (trusted | unknown | changed |
+        revoked, the known fingerprints that conflict with it, whether the app's known_hosts
+        holds it under the alias — what OpenSSH clients need)."""
+        ...
+
+    def record_host_key(self, target: KeyTarget, line: str) -> str:
+        """Record a confirmed key under `target.alias` in the app's known_hosts; the file's
+        path. A key that conflicts with a known one raises HostKeyError (both fingerprints)."""
         ...
 
     def remember_passphrase(self, path: str, secret: str | None) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from bastion_tray.core.durations import KEEP_LIMIT, parse_bounded_duration
 from bastion_tray.core.errors import BastionTrayError, UsageError
+from bastion_tray.core.trust import normalize_fingerprint
+from bastion_tray.service import trusting
 from bastion_tray.service.control import Request
 from bastion_tray.service.events import EventBus
 from bastion_tray.service.runtime import ProfileRuntime
@@ -135,19 +137,24 @@ class Handlers:
         req.reply_ok(rt.snapshot())
 
     def op_hostkey(self, req: Request) -> None:
-        """The bastion's host key as it answers now (starting it when needed)."""
+        """A host's key as it answers now (the bastion, starting it when needed, or a private
+        host through it) and whether the app trusts it."""
         rt = self.runtime(req.args.get("profile"))
-        host, port, fingerprint, key = self._with_progress(req, rt, rt.host_key)
-        req.reply_ok({"profile": rt.name, "host": host, "port": port,
-                      "fingerprint": fingerprint, "key": key})
+        host = _host_arg(req)
+        req.reply_ok(self._with_progress(req, rt, lambda: trusting.host_key(rt, host)))
 
     def op_trust(self, req: Request) -> None:
-        """Record the bastion's key, but only if it is the one the user confirmed."""
+        """Record a host's key, but only if it is the one the user confirmed."""
         rt = self.runtime(req.args.get("profile"))
+        host = _host_arg(req)
         wanted = _arg(req, "fingerprint")
         if not isinstance(wanted, str):
             raise UsageError(f"fingerprint must be a string, got {wanted!r:.60}")
-        req.reply_ok(self._with_progress(req, rt, lambda: rt.trust(wanted)))
+        try:
+            wanted = normalize_fingerprint(wanted)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        req.reply_ok(self._with_progress(req, rt, lambda: trusting.trust(rt, wanted, host)))
 
     def op_subscribe(self, req: Request) -> None:
         """A snapshot, then every event with a fresh status, until the client goes away."""
@@ -169,6 +176,14 @@ class Handlers:
     def op_shutdown(self, req: Request) -> None:
         req.reply_ok({"pid": self.status()["daemon"]["pid"]})
         self.request_shutdown()
+
+
+def _host_arg(req: Request) -> str | None:
+    """The optional `host` of hostkey/trust: a name of the profile's hosts (None: the bastion)."""
+    host = req.args.get("host")
+    if host is not None and not isinstance(host, str):
+        raise UsageError(f"host must be a host name of the profile, got {host!r:.60}")
+    return host
 
 
 def keep_seconds(value: object) -> float:

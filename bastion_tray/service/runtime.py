@@ -25,7 +25,6 @@ from bastion_tray.core.errors import (
     BastionTrayError,
     CloudError,
     DaemonError,
-    HostKeyError,
     WaitTimeout,
 )
 from bastion_tray.service.events import EventBus
@@ -342,26 +341,6 @@ class ProfileRuntime:
             address = self.ensure(lc.Goal.SSH)
             return self.adapters.dial(address, port)
         return self.open_channel(host, port, ("127.0.0.1", 0))
-
-    def host_key(self) -> tuple[str, int, str, str]:
-        """(host, port, fingerprint, key line) of the bastion's key as it answers now."""
-        host = self.ensure(lc.Goal.SSH)
-        port = self.profile.bastion.port
-        fingerprint, key = self.adapters.fetch_host_key(host, port)
-        return host, port, fingerprint, key
-
-    def trust(self, wanted: str) -> dict[str, Any]:
-        """Record the bastion's key, but only if it is the one the user confirmed."""
-        host, port, fingerprint, key = self.host_key()
-        if fingerprint != wanted:
-            raise HostKeyError(f"the bastion {host}:{port} now presents {fingerprint}, not the "
-                               f"confirmed {wanted}; nothing was recorded",
-                               fingerprint=fingerprint)
-        path = self.adapters.record_host_key(host, port, key)
-        log.info("%s trusted host key %s for %s:%s in %s", self.ctx, fingerprint, host, port,
-                 path)
-        self.post(lc.ClearError())
-        return {"profile": self.name, "fingerprint": fingerprint, "path": path}
 
     def remember_passphrase(self, secret: str) -> None:
         key = self.profile.bastion.identity_file

@@ -62,10 +62,9 @@ class App:
         return self.home / "state" / "known_hosts"
 
     def trust_bastion(self) -> None:
+        """What `bastion-tray trust foo` records: the bastion's key under foo-bastion."""
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        line = f"[{self.sandbox.bastion_host}]:{self.sandbox.bastion_port} " \
-               f"{self.sandbox.bastion_host_key_line}\n"
-        self.known_hosts.write_text(line)
+        self.known_hosts.write_text(f"foo-bastion {self.sandbox.bastion_host_key_line}\n")
 
     def cli(self, *args: str, timeout: float = 60, input: str | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -208,6 +208,9 @@ class FakeAdapters:
         self.connect_error: BastionTrayError | None = None
         self.ssh_error: BastionTrayError | None = None
         self.recorded: list[str] = []
+        self.recorded_under: list[str] = []  # the aliases keys were recorded under
+        self.fetched: list[tuple[str, int, Any]] = []  # fetch_host_key's (host, port, via)
+        self.known_keys: dict[str, str] = {}  # alias → key line the stores vouch for
         self.host_key = ("SHA256:right", "ssh-ed25519 AAAA")
         self.the_backstop = backstop or FakeBackstop()
         self.others_on_bastion: int | BastionTrayError = 0  # what a count answers
@@ -257,11 +260,21 @@ class FakeAdapters:
     def dial(self, host: str, port: int) -> Any:
         return FakeChannel(host, port)
 
-    def fetch_host_key(self, host: str, port: int) -> tuple[str, str]:
+    def fetch_host_key(self, host: str, port: int, via: Any = None) -> tuple[str, str]:
+        self.fetched.append((host, port, via))
         return self.host_key
 
-    def record_host_key(self, host: str, port: int, line: str) -> str:
+    def host_key_status(self, target: Any, line: str,
+                        pin: str | None) -> tuple[str, list[str], bool]:
+        known = self.known_keys.get(target.alias)
+        if known is None:
+            return "unknown", [], False
+        return ("trusted", [], True) if known == line else ("changed", ["SHA256:old"], False)
+
+    def record_host_key(self, target: Any, line: str) -> str:
         self.recorded.append(line)
+        self.recorded_under.append(target.alias)
+        self.known_keys[target.alias] = line
         return "/fake/known_hosts"
 
     def remember_passphrase(self, path: str, secret: str | None) -> None:
