@@ -44,6 +44,16 @@ def connect(config: Config, paths: AppPaths | None = None) -> ControlClient:
     return ensure_daemon(paths, argv=daemon_argv(config), log_path=paths.daemon_log)
 
 
+def connect_running(paths: AppPaths | None = None) -> ControlClient | None:
+    """A client of the daemon already running, or None when none answers. Never starts one."""
+    from bastion_tray.service.control_client import ControlClient, NoDaemon
+
+    try:
+        return ControlClient.connect(paths or app_paths())
+    except NoDaemon:
+        return None
+
+
 def proxy_command(config: Config, profile: str, target: str = "%h %p") -> str:
     """The ProxyCommand line that sends ssh through the daemon (ssh-config, shell, the tray's
     "Open shell"). It carries the variables that say which daemon to use and what it may reach."""

@@ -75,10 +75,14 @@ def run_keep(args: argparse.Namespace) -> int:
 
 
 def run_shutdown(args: argparse.Namespace) -> int:
-    from bastion_tray.core.paths import app_paths
-    from bastion_tray.service.control_client import ControlClient
+    """Ask the running daemon to stop; with none running, say so (exit 0) and start nothing."""
+    from bastion_tray.service.clientside import connect_running
 
-    with ControlClient.connect(app_paths()) as client:
+    client = connect_running()
+    if client is None:
+        print("no daemon running")
+        return 0
+    with client:
         reply = client.request("shutdown")
     print(f"daemon (pid {reply['pid']}) is shutting down")
     return 0
