@@ -3,6 +3,7 @@ clipped echoes of user input, the first-run hint."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ user = "u"
 
 
 @pytest.fixture
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def home() -> Path:
     # short: the control socket would live below it, and AF_UNIX paths are limited
     import tempfile
 
@@ -65,3 +66,44 @@ def test_shutdown_without_daemon_starts_none(home: Path) -> None:
     run = home / "run"
     assert not (run / "daemon.pid").exists()
     assert not (run / "daemon.sock").exists()
+
+
+# --- 2. -v after the subcommand ------------------------------------------------------------
+
+
+def test_verbose_after_the_subcommand() -> None:
+    from bastion_tray.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["status", "-v"])
+    assert args.verbose == 0 and args.verbose_sub == 1
+    args = parser.parse_args(["-v", "status", "-vv"])
+    assert args.verbose + args.verbose_sub == 3
+    args = parser.parse_args(["status"])
+    assert args.verbose + args.verbose_sub == 0
+
+
+def test_main_sums_both_verbose_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion_tray.cli import logs, main
+
+    seen: list[int] = []
+    monkeypatch.setattr(logs, "configure_logging", lambda level, **_: seen.append(level))
+    parser = main.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["status"].set_defaults(run=lambda args: 0)
+    monkeypatch.setattr(main, "build_parser", lambda: parser)
+    assert main.main(["-v", "status", "-vv"]) == 0
+    assert seen == [3]
+
+
+def test_help_lists_every_subcommand_with_a_help_line() -> None:
+    from bastion_tray.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name in sub.choices:
+        assert helps.get(name), f"{name} has no help line"
+    text = parser.format_help()
+    for name in sub.choices:
+        assert name in text

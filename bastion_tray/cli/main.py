@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands.ALL:
         command.register(sub)
+    for subparser in sub.choices.values():  # `bastion-tray status -v` as well as `-v status`
+        subparser.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
+                               help="more log output")
     return parser
 
 
@@ -40,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:len(argv) - len(tail) - (1 if "--" in argv else 0)])
     args.trailing = tail
+    args.verbose = int(args.verbose or 0) + int(getattr(args, "verbose_sub", 0) or 0)
     from bastion_tray.cli.logs import configure_logging
 
     configure_logging(args.verbose)
