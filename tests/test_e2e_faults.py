@@ -140,3 +140,31 @@ def test_a_hanging_ec2_endpoint_says_so_within_5_s_and_fails_within_30_s(
     assert said_at is not None and said_at < 5 + 3, text  # + the daemon's own start-up
     assert took < 30 + 5, text
     assert url in text, text
+
+
+def test_a_forward_open_at_a_sigkill_listens_again_after_the_restart(
+        make_app: type[App]) -> None:
+    """Workbench's localhost:13306 must not turn into "connection refused" after a crash."""
+    import pymysql
+
+    app = make_app(idle_timeout="5m")
+    local = app.cli("connect", "foo", "db", check=True).stdout.strip()
+    host, port = local.rsplit(":", 1)
+    sb = app.sandbox
+    conn = pymysql.connect(host=host, port=int(port), user=sb.db_user, password=sb.db_password,
+                           database=sb.db_name, connect_timeout=30)
+    pid = app.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), 5, "the daemon to die")
+    conn.close()
+    status = app.status()  # a new daemon (as the tray or the next command starts it)
+    assert app.daemon_pid() not in (None, pid)
+    assert status["forwards"]["db"]["listening"] is True, app.log()
+    assert status["forwards"]["db"]["local"] == local
+    again = pymysql.connect(host=host, port=int(port), user=sb.db_user, password=sb.db_password,
+                            database=sb.db_name, connect_timeout=30)
+    with again.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    again.close()
