@@ -136,3 +136,20 @@ def test_ssh_config_json_lists_the_hosts_and_install_is_idempotent(
                                   "foo-appserver", "true"], env=app.env, capture_output=True,
                                  text=True, timeout=90)
     assert via_include.returncode == 0, via_include.stderr
+
+
+def test_the_trays_open_shell_offers_trust_for_an_unknown_private_host(
+        make_app: type[App], tmp_path: Path) -> None:
+    """The tray's "Open shell" runs this very command in a terminal: an unknown app-server key
+    is shown there with its fingerprint and trusted on "y", then the session opens."""
+    from bastion_tray.ui.desktop import shell_command
+    from tests.support.terminal import run_on_a_terminal
+
+    app = make_app()
+    fresh_home(app, tmp_path)
+    argv = shell_command(app.config, "foo", "appserver")
+    code, output = run_on_a_terminal(argv, app.env, [
+        (b"[y/N]", "y"), (b"#", "echo answer=$((6*7)); exit 0")], timeout=90)
+    assert fingerprint(app.sandbox.appserver_host_key_line) in output
+    assert code == 0 and "answer=42" in output, output
+    assert f"foo-appserver {app.sandbox.appserver_host_key_line}" in app.known_hosts.read_text()
