@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,119 @@ def test_help_lists_every_subcommand_with_a_help_line() -> None:
     text = parser.format_help()
     for name in sub.choices:
         assert name in text
+
+
+# --- 3. logs -------------------------------------------------------------------------------
+
+
+def write_log(home: Path, text: str) -> Path:
+    log = home / "log" / "daemon.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(text)
+    return log
+
+
+def test_logs_prints_the_last_lines(in_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    write_log(in_home, "one\ntwo\nthree\nfour\n")
+    assert main(["logs", "-n", "2"]) == 0
+    assert capsys.readouterr().out == "three\nfour\n"
+    assert main(["logs"]) == 0
+    assert capsys.readouterr().out == "one\ntwo\nthree\nfour\n"
+    assert main(["logs", "-n", "0"]) == 0
+    assert capsys.readouterr().out == ""
+    assert not (in_home / "run" / "daemon.sock").exists()
+
+
+def test_logs_tail_of_a_large_file_without_final_newline(tmp_path: Path) -> None:
+    from bastion_tray.cli.commands.logs import tail
+
+    log = tmp_path / "daemon.log"
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(50_000)) + b"partial")
+    with open(log, "rb") as f:
+        assert tail(f, 3) == b"line 49998\nline 49999\npartial"
+        assert f.tell() == log.stat().st_size
+
+
+def test_logs_without_a_log_file(in_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    assert main(["logs", "-f"]) == 0
+    out = capsys.readouterr().out
+    assert str(in_home / "log" / "daemon.log") in out
+    assert not (in_home / "run").exists()
+
+
+def test_logs_follow_reopens_a_replaced_or_truncated_file(tmp_path: Path) -> None:
+    import io
+
+    from bastion_tray.cli.commands.logs import follow
+
+    log = tmp_path / "daemon.log"
+    log.write_text("old\n")
+    out = io.StringIO()
+    steps: list[Callable[[], object]] = [
+        lambda: log.open("a").write("appended\n"),
+        lambda: (log.rename(tmp_path / "daemon.log.1"), log.write_text("rotated\n")),
+        lambda: log.write_text("t\n"),  # same inode, shorter than what was read: truncated
+        lambda: log.unlink(),
+        lambda: log.write_text("back\n"),
+    ]
+
+    def sleep(seconds: float) -> None:
+        if not steps:
+            raise KeyboardInterrupt
+        steps.pop(0)()
+
+    with open(log, "rb") as f:
+        f.seek(0, 2)
+        with pytest.raises(KeyboardInterrupt):
+            follow(log, f, out, sleep=sleep)
+    assert out.getvalue() == "appended\nrotated\nt\nback\n"
+
+
+def test_logs_follow_stops_on_ctrl_c(in_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.commands import logs
+    from bastion_tray.cli.main import main
+
+    write_log(in_home, "a\n")
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    real = logs.follow
+    monkeypatch.setattr(logs, "follow", lambda path, f, out: real(path, f, out, interrupted))
+    assert main(["logs", "-f"]) == 0  # not main()'s 130: Ctrl-C is how -f ends
+    assert capsys.readouterr().out == "a\n"
+
+
+def test_logs_follow_in_a_subprocess(home: Path) -> None:
+    import queue
+    import threading
+    import time
+
+    log = write_log(home, "first\n")
+    proc = subprocess.Popen([sys.executable, "-m", "bastion_tray", "logs", "-f"],
+                            env=child_env(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert lines.get(timeout=20) == "first\n"
+        with log.open("a") as f:
+            f.write("second\n")
+        deadline = time.monotonic() + 20
+        assert lines.get(timeout=max(0.1, deadline - time.monotonic())) == "second\n"
+        assert proc.poll() is None  # still following
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert not (home / "run" / "daemon.sock").exists()

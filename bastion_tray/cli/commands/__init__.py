@@ -6,6 +6,7 @@ from bastion_tray.cli.commands import (
     daemon,
     demo,
     init,
+    logs,
     proxy,
     shell,
     ssh_config,
@@ -17,4 +18,4 @@ from bastion_tray.cli.commands import (
 )
 
 ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, tray, autostart, check_config,
-       init, demo]
+       init, demo, logs]
