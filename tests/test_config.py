@@ -444,3 +444,12 @@ def test_keep_refuses_a_bad_duration_with_exit_2_before_contacting_the_daemon(
         assert "at most 7 d" in proc.stderr
     assert not (home / "log").exists(), "the daemon was contacted"
     assert proc.stdout == ""
+
+
+def test_a_host_named_bastion_is_refused_its_alias_is_the_bastions(tmp_path: Path,
+                                                                   key: Path) -> None:
+    text = good(key) + '\n[profiles.foo.hosts.bastion]\nhostname = "10.0.0.9"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), "--config")
+    assert "[profiles.foo.hosts.bastion]" in str(caught.value)
+    assert "cannot be named 'bastion'" in str(caught.value)

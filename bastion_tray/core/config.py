@@ -262,6 +262,9 @@ def _role_arn(t: TableReader, key: str) -> str | None:
 
 def _host(name: str, t: TableReader, user: str | None, key: Path | None) -> HostConfig:
     t.check_name(name)
+    if name == "bastion":  # its alias, <profile>-bastion, is the bastion's own (core/trust.py)
+        t.problems.add(t.name, "", "a host cannot be named 'bastion': <profile>-bastion is the "
+                       "bastion's own ssh name; pick another name")
     host = HostConfig(
         name=name,
         hostname=t.text("hostname", required=True) or "",
