@@ -224,3 +224,46 @@ def test_logs_follow_in_a_subprocess(home: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     assert not (home / "run" / "daemon.sock").exists()
+
+
+# --- 4. completion -------------------------------------------------------------------------
+
+
+def test_bash_completion_is_valid_and_completes_subcommands(
+        in_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from bastion_tray.cli.main import main
+
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "status" in script
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    path = tmp_path / "bastion-tray.bash"
+    path.write_text(script)
+    subprocess.run([bash, "-n", str(path)], check=True, timeout=30)
+    probe = ('source "$1"; COMP_WORDS=(bastion-tray st); COMP_CWORD=1; '
+             'COMP_LINE="bastion-tray st"; COMP_POINT=${#COMP_LINE}; _shtab_bastion_tray; '
+             'printf "%s\\n" "${COMPREPLY[@]}"')
+    out = subprocess.run([bash, "-c", probe, "probe", str(path)], capture_output=True,
+                         text=True, timeout=30, check=True).stdout.split()
+    assert "status" in out and "stop" in out
+
+
+def test_zsh_completion(in_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    assert main(["completion", "zsh"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#compdef") and "logs" in script
+
+
+def test_completion_of_an_unknown_shell_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["completion", "cmd.exe"])
+    assert exc.value.code == 2

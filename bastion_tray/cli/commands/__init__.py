@@ -3,6 +3,7 @@
 from bastion_tray.cli.commands import (
     autostart,
     check_config,
+    completion,
     daemon,
     demo,
     init,
@@ -18,4 +19,4 @@ from bastion_tray.cli.commands import (
 )
 
 ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, tray, autostart, check_config,
-       init, demo, logs]
+       init, demo, logs, completion]
