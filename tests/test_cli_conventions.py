@@ -267,3 +267,80 @@ def test_completion_of_an_unknown_shell_is_a_usage_error(
     with pytest.raises(SystemExit) as exc:
         main(["completion", "cmd.exe"])
     assert exc.value.code == 2
+
+
+# --- 5. errors that echo user input clip it -------------------------------------------------
+
+
+def test_clip() -> None:
+    from bastion_tray.core.text import clip
+
+    assert clip("abc") == "abc"
+    assert clip("x" * 80) == "x" * 80
+    assert clip("x" * 81) == "x" * 80 + "… (81 chars)"
+    assert clip("abcdef", 3) == "abc… (6 chars)"
+
+
+def test_a_huge_unknown_subcommand_is_clipped(in_home: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["status-" + "x" * 10_000_000])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err) < 1000 and "chars)" in err
+
+
+def test_a_short_unknown_subcommand_still_lists_the_choices(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["statu"])
+    err = capsys.readouterr().err
+    assert "'statu'" in err and "'completion'" in err
+
+
+def test_a_huge_subcommand_option_is_clipped(in_home: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["logs", "-n", "9" * 1_000_000 + "z"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err) < 1000
+
+
+def test_a_huge_unknown_profile_is_clipped(in_home: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion_tray.cli.main import main
+
+    assert main(["trust", "p" * 10_000_000]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 1000 and "unknown profile" in err and "foo" in err
+
+
+def test_a_huge_unknown_forward_or_host_is_clipped(tmp_path: Path) -> None:
+    from bastion_tray.core.config import load_config
+    from bastion_tray.core.errors import UsageError
+
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG)
+    profile = load_config(path).profile("foo")
+    for lookup in (profile.forward, profile.host):
+        with pytest.raises(UsageError) as exc:
+            lookup("f" * 1_000_000)
+        assert len(str(exc.value)) < 1000
+
+
+# --- 6. first run ---------------------------------------------------------------------------
+
+
+def test_a_missing_config_says_to_run_init(home: Path) -> None:
+    missing = home / "nowhere" / "config.toml"
+    proc = cli(home, "status", config=missing)
+    assert proc.returncode == 2, proc.stderr
+    assert "bastion-tray init" in proc.stderr and "--config PATH" in proc.stderr
+    assert str(missing) in proc.stderr
+    assert not (home / "run" / "daemon.sock").exists()

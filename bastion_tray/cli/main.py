@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bastion_tray import __version__
 from bastion_tray.cli import commands
 from bastion_tray.core.errors import BastionTrayError
 from bastion_tray.core.netguard import install_audit_guard, loopback_only
+from bastion_tray.core.text import clip
 
 log = logging.getLogger("bastion_tray")
+_LONG_WORD = re.compile(r"[^\s']{81,}")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error echoes at most a line of what was typed: each long word of
+    the message is clipped (so "choose from ..." survives), then the whole of it."""
+
+    def error(self, message: str) -> NoReturn:
+        message = _LONG_WORD.sub(lambda m: clip(m.group(), 80), message)
+        super().error(clip(message, 600))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bastion-tray",
         description="Start a stopped AWS bastion on demand, tunnel through it, stop it when idle.",
     )
@@ -25,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="PATH",
         help="config file (default: $BASTION_TRAY_CONFIG, else the user config dir)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=Parser)
     for command in commands.ALL:
         command.register(sub)
     for subparser in sub.choices.values():  # `bastion-tray status -v` as well as `-v status`

@@ -18,6 +18,7 @@ from bastion_tray.core.durations import MAX_CONFIG_DURATION, MAX_CONFIG_WAIT
 from bastion_tray.core.errors import ConfigError
 from bastion_tray.core.schema import Problems, TableReader
 from bastion_tray.core.team import default_user_id, user_id_problem
+from bastion_tray.core.text import clip
 
 T = TypeVar("T")
 
@@ -116,8 +117,10 @@ def _lookup(table: Mapping[str, T], name: str, what: str, profile: str) -> T:
     if name in table:
         return table[name]
     known = ", ".join(sorted(table)) or "none"
-    raise UsageError(f"unknown {what} {name!r} in profile {profile} (known {what}s: {known})",
-                     hint=f"{what}s are [profiles.{profile}.{what}s.NAME] tables in the config")
+    raise UsageError(f"unknown {what} {clip(name)!r} in profile {clip(profile)} "
+                     f"(known {what}s: {clip(known, 300)})",
+                     hint=f"{what}s are [profiles.{clip(profile)}.{what}s.NAME] tables in the "
+                          "config")
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class Config:
             return self.profiles[name]
         except KeyError:
             known = ", ".join(sorted(self.profiles)) or "none"
-            raise UsageError(f"unknown profile {name!r} (known profiles: {known})",
+            raise UsageError(f"unknown profile {clip(name)!r} (known profiles: {clip(known, 300)})",
                              hint=f"profiles are defined in {self.path}") from None
 
 
@@ -143,8 +146,9 @@ def load_config(path: Path, source: str = "--config") -> Config:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (chosen by {source})",
-                          hint="create it (see the README's configuration reference) "
-                               "or point --config / $BASTION_TRAY_CONFIG at one") from None
+                          hint="run `bastion-tray init` to create one, or pass --config PATH "
+                               "(or set $BASTION_TRAY_CONFIG); the README's configuration "
+                               "reference lists every key") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
     try:
