@@ -254,7 +254,7 @@ BAD = [
      ["[settings] idle_timeout", "at most 7 d", "9223372036854775807"]),
     ("settings idle_timeout a 100 000-character text, echoed cut",
      ('idle_timeout = "45m"', 'idle_timeout = "' + "9" * 100_000 + '"'),
-     ["[settings] idle_timeout", "at most 7 d", "100000 characters"]),
+     ["[settings] idle_timeout", "at most 7 d", "100000 chars"]),
     ("settings warn_before negative text",
      ("warn_before = 90", 'warn_before = "-5m"'),
      ["[settings] warn_before", "at most 7 d", "'-5m'"]),
@@ -362,7 +362,8 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_missing_file_says_where_the_path_came_from(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"not found \(chosen by \$BASTION_TRAY_CONFIG\)"):
+    with pytest.raises(ConfigError, match=r"no config file at .* \(chosen by "
+                                          r"\$BASTION_TRAY_CONFIG\) — run `bastion-tray init`"):
         load_config(tmp_path / "nope.toml", "$BASTION_TRAY_CONFIG")
 
 

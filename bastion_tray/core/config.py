@@ -18,7 +18,7 @@ from bastion_tray.core.durations import MAX_CONFIG_DURATION, MAX_CONFIG_WAIT
 from bastion_tray.core.errors import ConfigError
 from bastion_tray.core.schema import Problems, TableReader
 from bastion_tray.core.team import default_user_id, user_id_problem
-from bastion_tray.core.text import clip
+from bastion_tray.core.text import clip, clip_repr
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ def _lookup(table: Mapping[str, T], name: str, what: str, profile: str) -> T:
     if name in table:
         return table[name]
     known = ", ".join(sorted(table)) or "none"
-    raise UsageError(f"unknown {what} {clip(name)!r} in profile {clip(profile)} "
+    raise UsageError(f"unknown {what} {clip_repr(name)} in profile {clip(profile)} "
                      f"(known {what}s: {clip(known, 300)})",
                      hint=f"{what}s are [profiles.{clip(profile)}.{what}s.NAME] tables in the "
                           "config")
@@ -136,28 +136,42 @@ class Config:
             return self.profiles[name]
         except KeyError:
             known = ", ".join(sorted(self.profiles)) or "none"
-            raise UsageError(f"unknown profile {clip(name)!r} (known profiles: {clip(known, 300)})",
-                             hint=f"profiles are defined in {self.path}") from None
+            raise UsageError(f"unknown profile {clip_repr(name)} "
+                             f"(known profiles: {clip(known, 300)})",
+                             hint=f"profiles are defined in {_shown(self.path)}") from None
 
 
 def load_config(path: Path, source: str = "--config") -> Config:
     """Read and validate `path`; raise ConfigError naming every problem found."""
+    where = _shown(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (chosen by {source})",
-                          hint="run `bastion-tray init` to create one, or pass --config PATH "
-                               "(or set $BASTION_TRAY_CONFIG); the README's configuration "
+        # the first run: what to do comes first, on the same line as where it looked
+        raise ConfigError(f"no config file at {where} (chosen by {source}) — run "
+                          "`bastion-tray init` to create one, or pass --config PATH",
+                          hint="or set $BASTION_TRAY_CONFIG; the README's configuration "
                                "reference lists every key") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read the config file: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+        raise ConfigError(f"{where}: TOML syntax error: {clip(str(exc), 200)}") from None
     return parse_config(data, path)
+
+
+def profile_names(path: Path) -> list[str]:
+    """The names of the file's [profiles.NAME] tables, read leniently for shell completion: a
+    file with problems still lists its profiles; a missing or unreadable one lists none."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    profiles = data.get("profiles")
+    return sorted(profiles) if isinstance(profiles, dict) else []
 
 
 def parse_config(data: Mapping[str, object], path: Path) -> Config:
@@ -259,7 +273,7 @@ def _role_arn(t: TableReader, key: str) -> str | None:
     value = t.text(key)
     if value is not None and not _ROLE_ARN.fullmatch(value):
         t.problem(key, "expected an IAM role ARN like \"arn:aws:iam::123456789012:role/"
-                  f"bastion-tray-backstop\", got {value[:80]!r}")
+                  f"bastion-tray-backstop\", got {clip_repr(value)}")
         return None
     return value
 
@@ -287,8 +301,8 @@ def _forward(name: str, t: TableReader) -> ForwardConfig:
     from bastion_tray.core.netguard import is_loopback
 
     if not is_loopback(bind) and not allow:
-        t.problem("bind", f"{bind!r} is not a loopback address: anyone on that network could use "
-                  "the tunnel. Expected 127.0.0.1 (the default), or set "
+        t.problem("bind", f"{clip_repr(bind)} is not a loopback address: anyone on that "
+                  "network could use the tunnel. Expected 127.0.0.1 (the default), or set "
                   "allow_non_loopback_bind = true to ask for it explicitly")
     forward = ForwardConfig(
         name=name,
@@ -305,12 +319,17 @@ def _check_ports_unique(profiles: Mapping[str, Profile], problems: Problems) -> 
     seen: dict[int, str] = {}
     for profile in profiles.values():
         for fwd in profile.forwards.values():
-            where = f"profiles.{profile.name}.forwards.{fwd.name}"
+            where = f"profiles.{clip(profile.name)}.forwards.{clip(fwd.name)}"
             if fwd.local_port and fwd.local_port in seen:
                 problems.add(where, "local_port", f"port {fwd.local_port} is already used by "
                              f"[{seen[fwd.local_port]}]; expected a local port of its own")
             elif fwd.local_port:
                 seen[fwd.local_port] = where
+
+
+def _shown(path: Path) -> str:
+    """A config path as messages show it: a path is user input too (--config, the env)."""
+    return clip(str(path), 300)
 
 
 def expand_path(value: str) -> Path:

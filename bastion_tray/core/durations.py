@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 
+from bastion_tray.core.text import clip_repr
+
 DAY = 86400.0
 #: `keep PROFILE DURATION`: at most a week without an idle stop.
 KEEP_LIMIT = 7 * DAY
@@ -35,16 +37,8 @@ _FOREVER = 100 * 365 * DAY  # format_duration's "over 100 years": no clock runs 
 
 
 def echo(value: object, limit: int = ECHO_CHARS) -> str:
-    """`repr(value)` cut to about `limit` characters, so a 10 MB string is never printed back."""
-    if isinstance(value, str | bytes) and len(value) > limit:
-        # repr of the head only: repr of a huge string would copy all of it first
-        unit = "characters" if isinstance(value, str) else "bytes"
-        return repr(value[:limit])[: limit - 1] + f"… ({len(value)} {unit})"
-    try:
-        text = repr(value)
-    except ValueError:  # an int past sys.get_int_max_str_digits() has no repr
-        return "an integer too long to print"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`repr(value)` cut to about `limit` characters (text.clip_repr, the one way to cut)."""
+    return clip_repr(value, limit)
 
 
 def parse_duration(value: object, *, maximum: float = DURATION_CEILING) -> float:
@@ -74,8 +68,8 @@ def parse_duration(value: object, *, maximum: float = DURATION_CEILING) -> float
         return value
     if not isinstance(value, str):
         raise ValueError(f"{expected}; got {echo(value)}")
-    if len(value) > MAX_DURATION_TEXT:
-        raise ValueError(f"{expected}; got a text of {len(value)} characters: {echo(value)}")
+    if len(value) > MAX_DURATION_TEXT:  # refused before parsing; echo says how long it was
+        raise ValueError(f"{expected}; got {echo(value)}")
     seconds = _parse_text(value.strip().lower().replace(" ", ""))
     if seconds is None:
         raise ValueError(f"{expected}; got {echo(value)}")
@@ -114,16 +108,24 @@ def _too_long(limit: str, value: object) -> str:
     return f"at most {limit}, got {echo(value)}"
 
 
-def format_duration(seconds: float) -> str:
-    """Short human form: 45 s, 3 min, 1 h 20 min, 2 d 3 h. Never raises: NaN is "unknown",
-    anything past a century (inf included) "over 100 years", anything negative "0 s"."""
+def format_duration(seconds: float, *, round_up: bool = False) -> str:
+    """Short human form: 45 s, 3 min, 1 h 20 min, 2 d 3 h — the one humanizer of the CLI's
+    durations. Never raises: NaN is "unknown", anything past a century (inf included) "over 100
+    years", anything negative "0 s".
+
+    `round_up` for a countdown ("stops in …"): the unit shown is rounded up, so "1 min" never
+    means 10 s and a fresh `keep 5m` reads "5 min", not "4 min", however long the reply took."""
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         return "unknown"
     if isinstance(seconds, float) and math.isnan(seconds):  # isnan(10**400) would overflow
         return "unknown"
     if seconds >= _FOREVER:
         return "over 100 years"
-    whole = round(seconds) if seconds > 0 else 0  # round(-inf) would raise
+    if seconds <= 0:  # -inf included: round() of it would raise
+        return "0 s"
+    if round_up:
+        return _format_rounded_up(seconds)
+    whole = round(seconds)
     if whole < 60:
         return f"{whole} s"
     minutes = (whole + 30) // 60 if whole >= 600 else whole // 60
@@ -133,4 +135,18 @@ def format_duration(seconds: float) -> str:
     if hours < 24:
         return f"{hours} h {rest} min" if rest else f"{hours} h"
     days, hours = divmod(hours + (1 if rest >= 30 else 0), 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _format_rounded_up(seconds: float) -> str:
+    whole = math.ceil(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes = math.ceil(whole / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 24 * 60:
+        hours, rest = divmod(minutes, 60)
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    days, hours = divmod(math.ceil(minutes / 60), 24)
     return f"{days} d {hours} h" if hours else f"{days} d"

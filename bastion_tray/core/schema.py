@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bastion_tray.core.durations import MAX_CONFIG_DURATION, format_duration, parse_duration
 from bastion_tray.core.errors import ConfigError
+from bastion_tray.core.text import clip, clip_repr
 
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -27,6 +28,9 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, table: str, key: str, what: str) -> None:
+        # a table or key name is the user's too: each part cut (a 1-MB profile name), then all
+        table = clip(".".join(clip(part) for part in table.split(".")), 200) if table else ""
+        key = clip(key)
         where = f"[{table}] {key}" if table else key
         self.items.append(f"{where}: {what}")
 
@@ -34,9 +38,10 @@ class Problems:
         if not self.items:
             return
         count = len(self.items)
-        head = f"{self.path}: {count} problem{'s' if count > 1 else ''} in the configuration"
+        where = clip(str(self.path), 300)
+        head = f"{where}: {count} problem{'s' if count > 1 else ''} in the configuration"
         raise ConfigError(head + "\n" + "\n".join(f"  - {p}" for p in self.items),
-                          problems=[f"{self.path}: {p}" for p in self.items])
+                          problems=[f"{where}: {p}" for p in self.items])
 
 
 def _type_name(value: object) -> str:
@@ -81,7 +86,8 @@ class TableReader:
         if value is None:
             return default
         if not isinstance(value, str) or not value.strip():
-            self.problem(key, f"expected a non-empty string, got {_type_name(value)} {value!r}")
+            self.problem(key, "expected a non-empty string, got "
+                         f"{_type_name(value)} {clip_repr(value)}")
             return default
         return value.strip()
 
@@ -90,7 +96,7 @@ class TableReader:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.problem(key, f"expected true or false, got {_type_name(value)} {value!r}")
+            self.problem(key, f"expected true or false, got {_type_name(value)} {clip_repr(value)}")
             return default
         return value
 
@@ -100,7 +106,7 @@ class TableReader:
         if value is None:
             return default or 0
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            self.problem(key, f"expected a port number 1–65535, got {value!r}")
+            self.problem(key, f"expected a port number 1–65535, got {clip_repr(value)}")
             return default or 0
         return value
 
@@ -118,7 +124,7 @@ class TableReader:
             return default
         if seconds < minimum:
             self.problem(key, f"expected at least {format_duration(minimum)} "
-                         f"(and at most {format_duration(maximum)}), got {value!r}")
+                         f"(and at most {format_duration(maximum)}), got {clip_repr(value)}")
             return default
         return seconds
 
@@ -129,7 +135,7 @@ class TableReader:
         if (not isinstance(value, list) or not value
                 or not all(isinstance(v, str) and v for v in value)):
             self.problem(key, f"expected a non-empty array of strings such as "
-                         f"[\"x-terminal-emulator\", \"-e\"], got {value!r}")
+                         f"[\"x-terminal-emulator\", \"-e\"], got {clip_repr(value)}")
             return None
         return list(value)
 
@@ -138,15 +144,22 @@ class TableReader:
         if value is None:
             return None
         path = Path(os.path.expandvars(value)).expanduser()
-        if not path.is_file():
-            self.problem(key, f"expected a readable key file, but {path} does not exist")
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # a name too long for the file system, say
+            self.problem(key, f"expected a readable key file, but {clip(str(path))} cannot be "
+                         f"looked at: {exc.strerror}")
+            return path
+        if not exists:
+            self.problem(key, f"expected a readable key file, but {clip(str(path))} does not "
+                         "exist")
         return path
 
     def instance_id(self, key: str) -> str | None:
         value = self.text(key)
         if value is not None and not _INSTANCE_ID.fullmatch(value):
             self.problem(key, "expected an EC2 instance id like \"i-0123456789abcdef0\" "
-                         f"(i- and 8 or 17 hex digits), got {value!r}")
+                         f"(i- and 8 or 17 hex digits), got {clip_repr(value)}")
             return None
         return value
 
@@ -154,13 +167,13 @@ class TableReader:
         value = self.text(key)
         if value is not None and not _FINGERPRINT.fullmatch(value):
             self.problem(key, "expected a host-key fingerprint like \"SHA256:…\" as "
-                         f"`ssh-keygen -lf` prints it, got {value!r}")
+                         f"`ssh-keygen -lf` prints it, got {clip_repr(value)}")
             return None
         return value
 
     def check_name(self, name: str) -> None:
         if not _NAME.fullmatch(name):
-            self.problems.add(self.name, "", f"the name {name!r} must be letters, digits, "
+            self.problems.add(self.name, "", f"the name {clip_repr(name)} must be letters, digits, "
                               "'-', '_' or '.' (it becomes an ssh Host name)")
 
     def reject_unknown(self) -> None:
