@@ -13,6 +13,7 @@ from bastion_tray.core.durations import (
     parse_duration,
 )
 from bastion_tray.core.errors import UsageError
+from bastion_tray.core.text import clip
 
 DEFAULT_KEEP = "1h"
 
@@ -24,11 +25,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true",
                    help="stop it even while others use the bastion (it cuts them off)")
     p.set_defaults(run=run_stop)
-    k = sub.add_parser("keep", help=f"postpone the idle stop (default {DEFAULT_KEEP}, at most "
+    # what is printed is humanized by format_duration ("1 h", "7 d"); only the input syntax is
+    # shown as typed
+    default = format_duration(parse_duration(DEFAULT_KEEP))
+    k = sub.add_parser("keep", help=f"postpone the idle stop (default {default}, at most "
                                      f"{format_duration(KEEP_LIMIT)})")
     k.add_argument("profile")
     k.add_argument("duration", nargs="?", default=None,
-                   help=f'"90s", "30m", "2h" or seconds; at most {format_duration(KEEP_LIMIT)}')
+                   help=f'how long: "90s", "30m", "2h" or seconds (default {default}, at most '
+                        f'{format_duration(KEEP_LIMIT)})')
     k.set_defaults(run=run_keep)
     s = sub.add_parser("shutdown", help="stop the daemon (it stops the bastions it started)")
     s.set_defaults(run=run_shutdown)
@@ -49,7 +54,7 @@ def keep_seconds(args: argparse.Namespace) -> float:
     given = [args.duration] if args.duration is not None else []
     given += args.trailing  # `keep foo -- -5m`: main() hands what follows "--" to the command
     if len(given) > 1:
-        raise UsageError(f"keep: one duration, got {len(given)}: {' '.join(given)[:60]}")
+        raise UsageError(f"keep: one duration, got {len(given)}: {clip(' '.join(given))}")
     text = given[0] if given else DEFAULT_KEEP
     try:
         return parse_bounded_duration(text, maximum=KEEP_LIMIT, what="keep")
@@ -58,7 +63,7 @@ def keep_seconds(args: argparse.Namespace) -> float:
         with contextlib.suppress(ValueError):
             parse_duration(text)  # a duration, only too long: say what to do instead
             hint = f"to keep it running for longer, set auto_stop = false in " \
-                   f"[profiles.{args.profile}.bastion]"
+                   f"[profiles.{clip(args.profile)}.bastion]"
         raise UsageError(str(exc), hint=hint) from None
 
 
@@ -68,10 +73,21 @@ def run_keep(args: argparse.Namespace) -> int:
     seconds = keep_seconds(args)
     with session.connect(config) as client:
         snap = client.request("keep", profile=profile.name, duration=seconds)
-    stops = snap.get("stops_in_seconds")
-    print(f"{profile.name}: kept running"
-          + (f", stops in {format_duration(stops)} if idle" if stops else ""))
+    print(f"{profile.name}: {kept_message(snap, seconds)}")
     return 0
+
+
+def kept_message(snap: dict[str, object], asked: float) -> str:
+    """What `keep` prints after the profile's name, in format_duration's one style: the
+    countdown rounded up as the daemon reports it ("kept running; stops in 1 h")."""
+    stops = snap.get("stops_in_seconds")
+    if isinstance(stops, int | float) and not isinstance(stops, bool):
+        return f"kept running; stops in {format_duration(stops, round_up=True)}"
+    if snap.get("auto_stop") is False:
+        return "kept running; auto-stop is off, it runs until you stop it"
+    # in use now: the countdown starts once idle, and ends no sooner than what was asked
+    return (f"kept running; in use now, stops no sooner than in "
+            f"{format_duration(asked, round_up=True)}")
 
 
 def run_shutdown(args: argparse.Namespace) -> int:
