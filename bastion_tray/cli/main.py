@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands.ALL:
         command.register(sub)
     for subparser in sub.choices.values():  # `bastion-tray status -v` as well as `-v status`
-        subparser.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
-                               help="more log output")
+        taken = [o for o in ("-v", "--verbose") if o in subparser._option_string_actions]
+        if not taken:  # a command that gave -v a meaning of its own keeps it
+            subparser.add_argument("-v", "--verbose", dest="verbose_sub", action="count",
+                                   default=0, help="more log output (as -v before COMMAND)")
     return parser
 
 
