@@ -85,6 +85,98 @@ def test_an_ssh_only_demand_leaves_no_phase_behind() -> None:
         "disconnected"
 
 
+# ---- issue 10: the phase clears once what it waited for is done or gone ---------------------
+
+def quiet(s: dict[str, object]) -> bool:
+    """Nothing in progress, as `status --json` says it: the phase the CLI and tray print."""
+    return s["phase"] is None and s["lifecycle"] == "idle" and s["starting_for_seconds"] is None
+
+
+def test_ssh_foo_bastion_from_stopped_clears_the_phase_once_ssh_answers() -> None:
+    h = Harness()  # stopped: the ProxyCommand's demand starts it
+    waiter = h.rt.request(lc.Goal.SSH)
+    h.ticks(1.25)
+    assert waiter.done.is_set() and waiter.error is None
+    s = h.status()
+    assert quiet(s) and (s["bastion"]["state"], s["bastion"]["ssh"]) == ("running",
+                                                                          "disconnected")
+    assert h.adapters.links == []  # an SSH goal opens no link of its own
+
+
+def test_after_ssh_foo_bastion_the_idle_stop_leaves_no_phase() -> None:
+    h = Harness(FakeCloud(state="running"))
+    channel = h.rt.proxy("@bastion", 22)  # what the daemon's `proxy` op does for @bastion
+    h.rt.session_opened()
+    assert channel.target == ("127.0.0.10", 22) and quiet(h.status())
+    h.ticks(60, every=1)
+    h.rt.session_closed()  # the user's ssh exits
+    h.ticks(IDLE + 5, every=1)
+    assert h.cloud.calls.count("stop") == 1 and quiet(h.status())  # "stopping", as EC2 says
+    h.ticks(35, every=1)  # the next look sees it stopped
+    s = h.status()
+    assert s["bastion"]["state"] == "stopped"
+    assert quiet(s)
+
+
+@pytest.mark.parametrize("outcome", ["answers", "fails"])
+def test_a_waiter_that_gives_up_leaves_no_phase_once_the_bring_up_ends(outcome: str) -> None:
+    h = Harness()
+    h.spawner.hold = {"wait-ssh"}
+    waiter = h.rt.request(lc.Goal.SSH)
+    h.ticks(1.25)
+    assert h.status()["phase"] == "waiting for SSH"
+    with h.rt._lock:  # what ProfileRuntime._wait does when its limit passes
+        h.rt._waiters.pop(waiter.id)
+    h.rt.post(lc.GiveUp(waiter.id))
+    assert h.rt.state.waiters == () and h.status()["phase"] == "waiting for SSH"  # goes on
+    if outcome == "fails":
+        h.adapters.ssh_error = CloudError("connection refused")
+    h.spawner.hold = set()
+    h.spawner.release()
+    s = h.status()
+    assert quiet(s) and s["bastion"]["ssh"] == "disconnected"
+    assert (s["error"] is None) == (outcome == "answers")
+
+
+@pytest.mark.parametrize("goal", [lc.Goal.SSH, lc.Goal.LINK])
+@pytest.mark.parametrize("state", ["stopped", "stopping", "terminated"])
+def test_waiting_for_ssh_never_outlives_an_instance_stopped_under_it(goal: lc.Goal,
+                                                                      state: str) -> None:
+    """Issue 10: the status said "waiting for SSH" (and "running") about an instance stopped
+    from outside while the daemon waited for its sshd, until ready_timeout — 5 min later."""
+    h = Harness()
+    h.spawner.hold = {"wait-ssh", "connect"}
+    waiter = h.rt.request(goal)
+    h.ticks(1.25)
+    if goal is lc.Goal.LINK:
+        h.spawner.release("wait-ssh")
+        assert h.status()["phase"] == "connecting"
+    else:
+        assert h.status()["phase"] == "waiting for SSH"
+    h.cloud.state = state  # the console, a teammate's stop --force, the backstop
+    h.ticks(6)  # Timings.watch (5 s) and a tick
+    s = h.status()
+    assert quiet(s) and s["bastion"]["state"] == state and s["bastion"]["ssh"] == "disconnected"
+    assert isinstance(waiter.error, CloudError) and state in waiter.error.message
+    assert s["error"]["message"] == waiter.error.message
+    h.spawner.hold = set()
+    h.spawner.release()  # the late answers of the abandoned wait change nothing
+    assert quiet(h.status()) and all(link.closed for link in h.adapters.links)
+
+
+def test_a_look_that_fails_while_waiting_for_ssh_does_not_end_the_wait() -> None:
+    h = Harness()
+    h.spawner.hold = {"wait-ssh"}
+    waiter = h.rt.request(lc.Goal.SSH)
+    h.ticks(1.25)
+    h.cloud.fail["describe"] = CloudError("RequestLimitExceeded")
+    h.ticks(12)
+    assert h.status()["phase"] == "waiting for SSH" and not waiter.done.is_set()
+    h.spawner.hold = set()
+    h.spawner.release()
+    assert waiter.done.is_set() and waiter.error is None and quiet(h.status())
+
+
 def test_an_unknown_host_key_fails_the_waiters_and_is_not_retried() -> None:
     h = Harness()
     h.adapters.connect_error = HostKeyError("unknown host key SHA256:x",

@@ -53,8 +53,8 @@ def observe(s: Lifecycle, now: float) -> Lifecycle:
 
 def begin(s: Lifecycle, goal: Goal, may_start: bool, now: float) -> Result:
     s = replace(s, phase=Phase.STARTING, attempt=s.attempt + 1, goal=goal, may_start=may_start,
-                started_this_attempt=False, began_at=now, error=None, retry_at=None,
-                next_poll_at=None)
+                started_this_attempt=False, probing=False, began_at=now, error=None,
+                retry_at=None, next_poll_at=None)
     s, out = progress(s, "checking the instance", s.setup.endpoint)
     if s.call is not None and s.call.op == "describe":
         return s, out  # the describe in flight answers for this bring-up too
@@ -69,7 +69,7 @@ def fail(s: Lifecycle, error: BastionTrayError, now: float) -> Result:
     waiters = tuple(w for w, _ in s.waiters)
     retry = not s.may_start and bool(s.listening) and not s.exiting
     s = replace(s, phase=Phase.IDLE, label=None, link=Link.DOWN, error=error, waiters=(),
-                began_at=None, next_poll_at=None)
+                probing=False, began_at=None, next_poll_at=None)
     out: list[Effect] = [Log("warning", f"bring-up failed: {error.message}"),
                          Publish("error", {"kind": error.kind, "message": error.message,
                                            "hint": error.hint})]
@@ -112,6 +112,8 @@ def _on_give_up(s: Lifecycle, ev: GiveUp, now: float) -> Result:
 
 def starting_seen(s: Lifecycle, info: InstanceInfo, now: float) -> Result:
     t = s.setup.timings
+    if s.awaiting_peer:
+        return _watched(s, info, now)
     if info.state == "running":
         host = s.host
         if not host:
@@ -120,7 +122,8 @@ def starting_seen(s: Lifecycle, info: InstanceInfo, now: float) -> Result:
                 "address", hint='associate an Elastic IP, or set host = "…" in the profile\'s '
                                 "[bastion] table"), now)
         left = max(1.0, t.ready_timeout - (now - (s.began_at or now)))
-        s, out = progress(s, "waiting for SSH", f"{host}:{s.setup.port}")
+        s, out = progress(replace(s, probing=True, next_poll_at=now + t.watch),
+                          "waiting for SSH", f"{host}:{s.setup.port}")
         return s, [*out, WaitSsh(s.attempt, host, s.setup.port, left)]
     if info.state in GONE:
         gone = CloudError(f"instance {info.instance_id} is {info.state}: it cannot be started",
@@ -142,17 +145,33 @@ def starting_seen(s: Lifecycle, info: InstanceInfo, now: float) -> Result:
     return replace(s, next_poll_at=now + t.poll), out
 
 
+def _watched(s: Lifecycle, info: InstanceInfo, now: float) -> Result:
+    """A describe while the bring-up waits for SSH or the link: still running, wait on; any
+    other state (stopped from the console, by a teammate's `stop --force`, by the backstop)
+    ends the wait now, rather than "waiting for SSH" on a stopped instance until
+    ready_timeout."""
+    if info.state == "running":
+        return replace(s, next_poll_at=now + s.setup.timings.watch), []
+    what = "SSH" if s.probing else "the SSH link"
+    return fail(s, CloudError(
+        f"instance {info.instance_id} is {info.state} while bastion-tray waited for {what} "
+        "(stopped outside bastion-tray?)",
+        hint="run the command again to start it"), now)
+
+
 def _on_ssh_answered(s: Lifecycle, ev: SshAnswered, now: float) -> Result:
     if s.phase is not Phase.STARTING or ev.attempt != s.attempt:
         return s, []
     reached = tuple(w for w, g in s.waiters if g is Goal.SSH)
     out: list[Effect] = [Resolve(reached, host=s.host)] if reached else []
-    s = replace(s, waiters=tuple(w for w in s.waiters if w[1] is not Goal.SSH))
+    s = replace(s, probing=False,
+                waiters=tuple(w for w in s.waiters if w[1] is not Goal.SSH))
     if s.goal is Goal.LINK or s.waiters:
         s, more = progress(replace(s, link=Link.CONNECTING), "connecting",
                             f"{s.host}:{s.setup.port}")
         return s, [*out, *more, OpenLink(s.attempt, s.host or "", s.setup.port)]
-    s = observe(replace(s, phase=Phase.IDLE, label=None, began_at=None), now)
+    s = observe(replace(s, phase=Phase.IDLE, label=None, began_at=None, next_poll_at=None),
+                now)
     return s, [*out, Publish("changed")]
 
 
@@ -162,7 +181,8 @@ def _on_link_up(s: Lifecycle, ev: LinkUp, now: float) -> Result:
     took = now - (s.began_at or now)
     waiters = tuple(w for w, _ in s.waiters)
     s = replace(s, phase=Phase.IDLE, label=None, link=Link.UP, link_attempt=ev.attempt,
-                waiters=(), began_at=None, backoff=s.setup.timings.backoff_first, error=None)
+                waiters=(), began_at=None, next_poll_at=None,
+                backoff=s.setup.timings.backoff_first, error=None)
     s = observe(s, now)
     where = f"{s.host}:{s.setup.port}"
     out: list[Effect] = [KeepLink(ev.attempt), Log("info", f"ready in {took:.1f} s ({where})"),

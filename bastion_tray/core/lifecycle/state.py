@@ -19,6 +19,8 @@ class Timings:
     """Every wait of the lifecycle, in seconds."""
 
     poll: float = 1.0  # between DescribeInstances while an instance starts or stops
+    watch: float = 5.0  # while waiting for SSH or the link: describe this often, so an
+    # instance stopped meanwhile ends the wait (and its "waiting for SSH") at once
     refresh: float = 30.0  # describe a bastion that is not stopped this often (outside stops)
     ready_timeout: float = 300.0  # a bring-up (start, SSH answering, link up) gives up after this
     backoff_first: float = 1.0  # first reconnect after a lost link
@@ -146,6 +148,7 @@ class Lifecycle:
     goal: Goal = Goal.LINK
     may_start: bool = True  # False for a reconnect: a stopped instance stays stopped
     started_this_attempt: bool = False
+    probing: bool = False  # this bring-up's WaitSsh is out (its answer is awaited)
     began_at: float | None = None
     next_poll_at: float | None = None
     next_refresh_at: float | None = None
@@ -172,6 +175,12 @@ class Lifecycle:
     @property
     def running(self) -> bool:
         return self.instance is not None and self.instance.state == "running"
+
+    @property
+    def awaiting_peer(self) -> bool:
+        """A bring-up waits on the bastion itself (its sshd answering, the link): EC2 said
+        running, and only a describe that says otherwise changes that."""
+        return self.phase is Phase.STARTING and (self.probing or self.link is Link.CONNECTING)
 
     @property
     def host(self) -> str | None:

@@ -141,10 +141,15 @@ def _on_call_done(s: Lifecycle, ev: CallDone, now: float) -> Result:
 def _on_call_failed(s: Lifecycle, ev: CallFailed, now: float) -> Result:
     if s.call is None or ev.call != s.call.id:
         return s, []
-    return call_failed(replace(s, call=None), ev.error, now)
+    return call_failed(replace(s, call=None), ev.error, now, s.call.op)
 
 
-def call_failed(s: Lifecycle, error: BastionTrayError, now: float) -> Result:
+def call_failed(s: Lifecycle, error: BastionTrayError, now: float,
+                op: str = "describe") -> Result:
+    if s.awaiting_peer and op == "describe":
+        # only the look-out while waiting for SSH failed: the wait goes on, and its own
+        # timeout still ends it (an EC2 hiccup must not fail a bastion that is answering)
+        return replace(s, next_poll_at=now + s.setup.timings.watch), []
     if s.phase is Phase.STARTING:
         return fail(s, error, now)
     if s.phase is Phase.STOPPING:
@@ -169,8 +174,8 @@ def _on_tick(s: Lifecycle, ev: Tick, now: float) -> Result:
                                f"{format_duration(t.api_give_up)}",
                                hint="check the network or VPN, and AWS_ENDPOINT_URL if set; "
                                     "then try again")
-            return call_failed(replace(s, call=None), error, now)
-        if silent >= t.api_slow and not call.slow_said:
+            return call_failed(replace(s, call=None), error, now, call.op)
+        if silent >= t.api_slow and not call.slow_said and not s.awaiting_peer:
             s = replace(s, call=replace(call, slow_said=True))
             label = "waiting for the EC2 API"  # a phase of its own: the CLI prints a line
             out += [Publish("progress", {"phase": label, "detail": "still waiting for the EC2 "
