@@ -166,9 +166,14 @@ def test_the_status_line_of_each_recorded_state() -> None:
 
 def test_the_idle_warning_once_the_stop_is_near() -> None:
     p = replace(profile("ready"), stops_in_seconds=100.0)
-    assert status_line("foo", p, warn_before=120) == "foo: running · idle, stops in 2 min"
+    assert status_line("foo", p, warn_before=120) == "foo: running · idle, stops in 1 min 40 s"
     assert status_line("foo", p, warn_before=60) == "foo: running · stops in 2 min"
     assert status_line("foo", p) == "foo: running · stops in 2 min"
+    # to the second once warned: the countdown must be seen to run down
+    for left, text in [(110.0, "1 min 50 s"), (119.2, "2 min"), (60.0, "1 min"),
+                       (59.1, "1 min"), (58.9, "59 s"), (0.2, "1 s"), (0.0, "0 s")]:
+        assert status_line("foo", replace(p, stops_in_seconds=left), warn_before=120) == \
+            f"foo: running · idle, stops in {text}"
 
 
 def test_connections_and_ssh_state_in_the_line() -> None:
@@ -266,6 +271,9 @@ def live_replies(fresh_sandbox: Sandbox) -> Iterator[dict[str, dict[str, Any]]]:
         apps.append(untrusted := App(fresh_sandbox, trusted=False, db_local_port=free_port()))
         untrusted.cli("connect", "foo", "db")
         replies["host_key_error"] = Live(untrusted).status()
+        apps.append(late := App(fresh_sandbox, db_local_port=free_port()))
+        late.cli("status", "--json", check=True)  # starts its daemon: it finds it running
+        replies["link_down"] = Live(late).status()
         yield replies
     finally:
         for each in reversed(apps):
@@ -276,10 +284,11 @@ def test_the_recorded_replies_match_the_live_daemon(
         live_replies: dict[str, dict[str, Any]]) -> None:
     """Keeps tests/fixtures/status in sync: every key a recording has, the daemon still sends,
     in the same state; the live replies round-trip too. BASTION_TRAY_RECORD_STATUS=1 records
-    them anew (then review the diff)."""
+    them anew, `=link_down,ready` only those (then review the diff)."""
     assert set(live_replies) == set(STATES)
-    if os.environ.get("BASTION_TRAY_RECORD_STATUS") == "1":
-        for state, data in live_replies.items():
+    record = os.environ.get("BASTION_TRAY_RECORD_STATUS", "")
+    for state, data in live_replies.items():
+        if record == "1" or state in record.split(","):
             write(state, data)
     for state, data in live_replies.items():
         status = Status.from_json(data)
@@ -302,7 +311,7 @@ def test_the_cli_leads_with_the_same_status_line() -> None:
     ready = replace(profile("ready"), stops_in_seconds=100.0)
     lines = describe("foo", ready, warn_before=120.0)
     assert lines[0] == status_line("foo", ready, warn_before=120.0) == \
-        "foo: running · idle, stops in 2 min"
+        "foo: running · idle, stops in 1 min 40 s"
     assert lines[1].startswith(f"  instance {ready.bastion.instance_id}: running at ")
     assert any(line.startswith("  forward db: ") and "(listening, 0 active)" in line
                for line in lines)

@@ -91,6 +91,7 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
         },
         "hosts": sorted(cfg.hosts),
         "sessions": sessions,
+        "waiting": len(s.waiters),  # requests waiting for the bastion to come up
         "idle_seconds": _round(s.idle.idle_seconds(now)) if counting else None,
         "stops_in_seconds": (_round(decision.stops_in) if counting and not deciding
                              else None),
