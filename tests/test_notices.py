@@ -66,6 +66,23 @@ def test_notices_for_the_events_that_deserve_one() -> None:
     assert len(set(icons)) == 5, icons  # each kind of news looks different
 
 
+@pytest.mark.parametrize(("event", "icon"), [
+    ({"type": "ready", "seconds": 1.5}, IconState.READY),
+    ({"type": "warn", "stops_in": 110}, IconState.STARTING),  # amber: look here
+    ({"type": "stopped", "state": "stopped", "reason": "idle"}, IconState.STOPPED),
+    ({"type": "error", "message": "boom"}, IconState.ERROR),
+    ({"type": "disconnected", "reason": "EOF"}, IconState.LINK_DOWN),
+    ({"type": "in_use", "in_use_by": ["bob@laptop-b"]}, IconState.LINK_DOWN),
+])
+def test_each_notice_carries_the_state_of_the_event_it_announces(
+        event: dict[str, object], icon: IconState) -> None:
+    """Issue 10: never the tray's current icon, never the daemon's OFFLINE for a lost link
+    (the daemon answers), never green (READY/CONNECTED: SSH connected) for news of a link the
+    daemon no longer holds."""
+    notice = notice_for_event({**event, "profile": "foo"})
+    assert notice is not None and notice.icon is icon
+
+
 # ---- exact repeats only ------------------------------------------------------------------
 
 def test_only_an_exact_repeat_is_dropped() -> None:
@@ -224,7 +241,7 @@ def test_a_teammate_keeping_the_bastion_up_is_one_notice_that_names_them() -> No
                                "in_use_by": ["bob@laptop-b"], "other_sessions": 1})
     assert notice is not None
     assert notice.title == "foo: in use by bob@laptop-b (1 SSH connection)"
-    assert "you are idle" in notice.message and notice.icon is IconState.READY
+    assert "you are idle" in notice.message and notice.icon is IconState.LINK_DOWN
     plain = notice_for_event({"type": "in_use", "profile": "foo", "in_use_by": [],
                               "other_sessions": 2})
     assert plain is not None and plain.title == "foo: in use by 2 other SSH sessions"

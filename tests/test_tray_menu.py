@@ -93,8 +93,9 @@ def test_ready_without_connections_counts_down_and_can_be_kept() -> None:
 def test_the_idle_warning_shows_in_the_menu_and_the_tooltip() -> None:
     s = replace(profile("ready"), stops_in_seconds=95.0)
     menu = menu_of(("foo", s), warn_before={"foo": 120.0})
-    assert find(menu, "foo:").label == "foo: running · idle, stops in 2 min"
-    assert "foo: running · idle, stops in 2 min" in tooltip(of(foo=s), warn_before={"foo": 120})
+    assert find(menu, "foo:").label == "foo: running · idle, stops in 1 min 35 s"
+    assert "foo: running · idle, stops in 1 min 35 s" in tooltip(of(foo=s),
+                                                                 warn_before={"foo": 120})
     assert find(menu_of(("foo", s)), "foo:").label == "foo: running · stops in 2 min"
 
 
@@ -104,6 +105,64 @@ def test_ready_with_connections_counts_them_and_shows_connected() -> None:
     assert status_line("foo", replace(s, sessions=2)) == "foo: running · 3 connections"
     assert icon_state(of(foo=s)) is IconState.CONNECTED
     assert find(menu_of(("foo", s)), "foo:").label == "foo: running · 1 connection"
+
+
+# ---- issue 10: the icon follows the link; never green (or blue) while SSH is down ----------
+
+@pytest.mark.parametrize("recording", ["ready", "connected", "auto_stop_off"])
+@pytest.mark.parametrize(("ssh", "state"), [("connected", None),
+                                            ("connecting", IconState.STARTING),
+                                            ("disconnected", IconState.LINK_DOWN)])
+def test_green_or_blue_only_while_ssh_is_connected(recording: str, ssh: str,
+                                                   state: IconState | None) -> None:
+    p = profile(recording)
+    p = replace(p, bastion=replace(p.bastion, ssh=ssh))
+    shown = icon_state(of(foo=p))
+    if state is None:  # the recorded states themselves: green, or blue with a connection
+        assert shown is (IconState.CONNECTED if p.connections else IconState.READY)
+    else:
+        assert shown is state
+
+
+def test_after_a_daemon_restart_a_running_bastion_without_its_link_is_not_green() -> None:
+    p = profile("link_down")  # recorded: a daemon started while the bastion runs
+    assert (p.bastion.state, p.bastion.ssh, p.starting) == ("running", "disconnected", False)
+    assert icon_state(of(foo=p)) is IconState.LINK_DOWN
+    assert status_line("foo", p).startswith("foo: running · not connected · stops in ")
+    menu = menu_of(("foo", p))
+    assert flags(menu, "Start bastion")[0] is True  # it connects the link again
+    assert flags(menu, "Stop bastion now")[0] is True
+
+
+def test_ssh_foo_bastion_sessions_without_the_link_are_not_blue() -> None:
+    # `ssh foo-bastion` pipes its bytes to the bastion's sshd, not through the daemon's link
+    p = replace(profile("link_down"), sessions=1, stops_in_seconds=None, idle_seconds=None)
+    assert icon_state(of(foo=p)) is IconState.LINK_DOWN
+    assert status_line("foo", p) == "foo: running · not connected · 1 connection"
+
+
+def test_one_bastion_without_its_link_keeps_the_icon_from_green_for_all() -> None:
+    both = of(foo=profile("connected"), bar=profile("link_down"))
+    assert icon_state(both) is IconState.LINK_DOWN
+    assert icon_state(of(foo=profile("connected"), bar=profile("stopped"))) is \
+        IconState.CONNECTED
+    assert icon_state(of(foo=profile("starting"), bar=profile("link_down"))) is \
+        IconState.STARTING
+    assert icon_state(of(foo=profile("host_key_error"), bar=profile("link_down"))) is \
+        IconState.ERROR
+
+
+def test_the_link_down_icon_has_a_picture_until_its_own_is_drawn() -> None:
+    from bastion_tray.ui import icons
+
+    image = icons.load(IconState.LINK_DOWN, 32)
+    assert image.size == (32, 32)
+    assert icons.drawn(IconState.LINK_DOWN) in (IconState.LINK_DOWN, IconState.STARTING)
+    assert icons.drawn(IconState.READY) is IconState.READY
+    # the screen test tells states apart by picture: a stand-in must come after its original
+    order = list(IconState)
+    for state, stand_in in icons.STAND_INS.items():
+        assert order.index(stand_in) < order.index(state)
 
 
 def test_running_without_auto_stop_cannot_be_kept() -> None:
@@ -380,3 +439,6 @@ def test_the_watcher_follows_events_and_survives_a_daemon_crash(tray_env: Any) -
         wait_until(lambda: (False, IconState.OFFLINE) in seen, 10, "the offline state")
         wait_until(lambda: watcher.connects >= 2 and watcher.connected, 20, "a reconnect")
         assert app.daemon_pid() not in (None, first)
+        # the new daemon finds the bastion running, and no link of its own yet: not green
+        wait_until(lambda: seen[-1] == (True, IconState.LINK_DOWN), 20, "the link-down icon")
+        assert (True, IconState.READY) not in seen[seen.index((False, IconState.OFFLINE)):]

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 PACKAGE, FOLDER = "bastion_tray", "resources"
 SIZES = (16, 22, 32, 48, 64)
 TEMPLATE_SIZES = (22, 44)
+#: a state whose icon resources/make_icons.py does not draw yet shows another's meanwhile
+STAND_INS = {IconState.LINK_DOWN: IconState.STARTING}
 
 
 def default_size(platform: str = sys.platform) -> int:
@@ -25,7 +27,16 @@ def default_size(platform: str = sys.platform) -> int:
     return 44 if platform == "darwin" else 32
 
 
+def drawn(state: IconState) -> IconState:
+    """`state`, or its stand-in while no icon of its own is packaged."""
+    if state in STAND_INS and not (resources.files(PACKAGE) / FOLDER /
+                                   f"tray-{state.value}-{SIZES[0]}.png").is_file():
+        return STAND_INS[state]
+    return state
+
+
 def file_name(state: IconState, size: int, template: bool = False) -> str:
+    state = drawn(state)
     if template:
         return f"tray-{state.value}-template-{size}.png"
     return f"tray-{state.value}-{size}.png"

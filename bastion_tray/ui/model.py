@@ -18,14 +18,19 @@ WarnBefore = Mapping[str, float]  # profile → its warn_before, for the idle wa
 
 
 class IconState(enum.StrEnum):
-    """What the one tray icon says at a glance; the values name the icon files."""
+    """What the one tray icon says at a glance; the values name the icon files. Green
+    (READY) and blue (CONNECTED) mean the daemon's SSH link to the bastion is up, never less."""
 
     STOPPED = "stopped"  # every bastion stopped (or nothing to show)
-    STARTING = "starting"  # waiting for a bastion
+    STARTING = "starting"  # waiting for a bastion: starting, waiting for SSH, connecting
     READY = "ready"  # a bastion runs and SSH is connected, nothing flows yet
-    CONNECTED = "connected"  # connections are open through a bastion
+    CONNECTED = "connected"  # SSH is connected and connections are open through it
     ERROR = "error"  # a profile failed: see its status line
     OFFLINE = "offline"  # the daemon is not answering; the tray reconnects
+    # the bastion runs (and costs) but this daemon holds no SSH link to it: after `ssh
+    # foo-bastion`, a daemon restart, a lost link, or while teammates keep it up. Declared
+    # after STARTING: until its own icon is drawn it shows STARTING's (icons.STAND_INS)
+    LINK_DOWN = "link-down"
 
 
 @dataclass(frozen=True)
@@ -61,18 +66,22 @@ KEEP_LABEL = "Keep running 1 h"
 
 
 def profile_state(p: ProfileStatus) -> IconState:
+    """The icon one profile deserves: green or blue only while `ssh` is "connected"."""
     if p.starting or p.bastion.state == "pending" or p.bastion.ssh == "connecting":
         return IconState.STARTING
     if p.error is not None:
         return IconState.ERROR
     if p.running:
+        if p.bastion.ssh != "connected":  # sessions of `ssh foo-bastion` flow without it
+            return IconState.LINK_DOWN
         return IconState.CONNECTED if p.connections else IconState.READY
     return IconState.STOPPED
 
 
-# the most urgent state of any profile wins the icon
-_URGENCY = [IconState.ERROR, IconState.STARTING, IconState.CONNECTED, IconState.READY,
-            IconState.STOPPED]
+# the most urgent state of any profile wins the icon: one bastion without its link keeps
+# the icon from going green or blue for another
+_URGENCY = [IconState.ERROR, IconState.STARTING, IconState.LINK_DOWN, IconState.CONNECTED,
+            IconState.READY, IconState.STOPPED]
 
 
 def icon_state(status: Status | None, connected: bool = True) -> IconState:

@@ -22,7 +22,8 @@ from bastion_tray.ui.model import IconState
 class Notice:
     title: str  # "<profile>: <what happened>"
     message: str
-    icon: IconState | None = None  # its own icon; None: whatever the tray shows now
+    icon: IconState | None = None  # the state of what it announces, shown with it (its own,
+    # never the tray's); None only for news of no state ("ssh config copied"): the tray's
 
     @property
     def line(self) -> str:
@@ -58,15 +59,16 @@ def notice_for_event(event: Mapping[str, Any]) -> Notice | None:
         users = [str(u) for u in event.get("in_use_by") or []]
         sessions = event.get("other_sessions")
         who = in_use_text(users, sessions if isinstance(sessions, int) else 0)
+        # the daemon has just closed its own link (it would count as a session for them)
         return Notice(f"{profile}: {who}", f"you are idle; {profile} stops once they are gone",
-                      IconState.READY)
+                      IconState.LINK_DOWN)
     if kind == "error":
         return Notice(f"{profile}: error", error_text(str(event.get("message") or ""),
                                                       event.get("hint")), IconState.ERROR)
     if kind == "disconnected":
         return Notice(f"{profile}: SSH link lost",
                       f"{event.get('reason') or 'connection closed'}; reconnecting when needed",
-                      IconState.OFFLINE)
+                      IconState.LINK_DOWN)  # the daemon answers; its link to the bastion not
     return None
 
 
@@ -93,7 +95,8 @@ class Deduper:
         return True
 
 
-_MERGED_ICON = [IconState.ERROR, IconState.OFFLINE]  # what a merged notice must not hide
+# what a merged notice must not hide, most urgent first
+_MERGED_ICON = [IconState.ERROR, IconState.OFFLINE, IconState.LINK_DOWN]
 
 
 def merge(shown: Notice, new: Notice) -> Notice:
