@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -69,6 +70,7 @@ def test_shutdown_without_daemon_starts_none(home: Path) -> None:
     run = home / "run"
     assert not (run / "daemon.pid").exists()
     assert not (run / "daemon.sock").exists()
+    assert not (home / "log").exists()  # a spawned daemon would have opened its log there
 
 
 # --- 2. -v after the subcommand ------------------------------------------------------------
@@ -252,10 +254,17 @@ def test_logs_follow_in_a_subprocess(home: Path) -> None:
             f.write("second\n")
         deadline = time.monotonic() + 20
         assert lines.get(timeout=max(0.1, deadline - time.monotonic())) == "second\n"
+        # rotated as RotatingFileHandler does: renamed away, a new file in its place
+        log.rename(log.with_name("daemon.log.1"))
+        log.write_text("third\n")
+        assert lines.get(timeout=max(0.1, deadline - time.monotonic())) == "third\n"
         assert proc.poll() is None  # still following
+        proc.send_signal(signal.SIGINT)  # Ctrl-C is how -f ends: exit 0, not 130
+        assert proc.wait(timeout=20) == 0
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
     assert not (home / "run" / "daemon.sock").exists()
 
 

@@ -21,10 +21,12 @@ PROFILE_COMPLETE: dict[str, Any] = {
     "zsh": f"($({LIST_PROFILES}))",
     "tcsh": f"`{LIST_PROFILES}`",
     "fish": f"({LIST_PROFILES})",
-    "preamble": {"bash": "_bastion_tray_profiles() {\n"
-                         f'  compgen -W "$({LIST_PROFILES})" -- "$1"\n'
-                         "}"},
 }
+#: the bash function named above, handed to shtab as the script's preamble (a preamble inside
+#: `.complete` is only read by newer shtabs)
+BASH_PREAMBLE = ("_bastion_tray_profiles() {\n"
+                 f'  compgen -W "$({LIST_PROFILES})" -- "$1"\n'
+                 "}\n")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                          hint="upgrade it: pip install -U shtab")
     parser = build_parser()
     mark_profile_arguments(parser)
-    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    preamble = BASH_PREAMBLE if args.shell == "bash" else ""
+    sys.stdout.write(shtab.complete(parser, shell=args.shell, preamble=preamble))
     sys.stdout.flush()
     return 0
 

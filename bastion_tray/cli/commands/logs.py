@@ -20,7 +20,12 @@ BLOCK = 65536
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("logs", help="print the end of the daemon log (-f: keep following it)")
+    p = sub.add_parser(
+        "logs", help="print the end of the daemon log (-f: keep following it)",
+        description="Print the end of the daemon's log file; with -f, keep printing what is "
+                    "written (across the log's rotation) until Ctrl-C, then exit 0. It only "
+                    "reads the file and never starts a daemon. With no log yet it says where "
+                    "the log will be and exits 0.")
     p.add_argument("-n", "--lines", type=line_count, default=DEFAULT_LINES, metavar="N",
                    help=f"how many lines from the end (default {DEFAULT_LINES})")
     p.add_argument("-f", "--follow", action="store_true",
