@@ -7,6 +7,7 @@ against the sandbox VPC; it starts its own daemon. Screenshots go to test-artifa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -235,3 +236,44 @@ def test_right_click_connect_db_opens_the_forward_and_notifies(
     assert code == 0, tray.output()
     assert daemon_pid is not None and not alive(daemon_pid)
     assert "Traceback" not in tray.output(), tray.output()
+
+
+NOTIFY = """
+import json, sys
+from pathlib import Path
+from bastion_tray.ui.model import IconState
+from bastion_tray.ui.notices import notice_for_event
+from bastion_tray.ui.notifier import DesktopNotifications
+
+# the tray shows CONNECTED meanwhile: no notification may borrow that
+sink = DesktopNotifications(Path(sys.argv[1]), lambda: IconState.CONNECTED)
+for event in json.loads(sys.argv[2]):
+    assert sink.show(notice_for_event(event)), event
+"""
+
+
+def test_each_notification_keeps_the_icon_of_the_event_it_announces(
+        xsession: XSession, tmp_path: Path) -> None:
+    """Issue 10: on the real notification server (dunst), every notice is a notification of
+    its own, with the icon of its event's state — not the tray's icon, none replacing another."""
+    events = [{"type": "ready", "profile": "foo", "seconds": 1.5},
+              {"type": "warn", "profile": "foo", "stops_in": 110},
+              {"type": "stopped", "profile": "foo", "state": "stopped", "reason": "idle 30 min"},
+              {"type": "disconnected", "profile": "foo", "reason": "EOF"},
+              {"type": "error", "profile": "foo", "message": "boom"}]
+    expected = [IconState.READY, IconState.STARTING, IconState.STOPPED, IconState.LINK_DOWN,
+                IconState.ERROR]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", NOTIFY, str(tmp_path / "icons"),
+                           json.dumps(events)], env=xsession.child_env(), cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    shown = xsession.wait_for_notifications(
+        [("foo: bastion ready", "ready in 1.5 s"), ("foo: idle", "stops in 2 min"),
+         ("foo: bastion stopped", "idle 30 min"), ("foo: SSH link lost", "EOF"),
+         ("foo: error", "boom")], 15)
+    assert len({n["id"] for n in shown}) == len(events)  # none replaced another
+    for notification, state in zip(shown, expected, strict=True):
+        assert Path(str(notification["icon_path"])).name == icons.file_name(state, 64), \
+            (notification, state)
+    assert not any(Path(str(n["icon_path"])).name.startswith("tray-connected-") for n in shown)
