@@ -28,6 +28,7 @@ from bastion_tray.ui.model import (
     build_menu,
     find,
     icon_state,
+    ticking,
     tooltip,
 )
 from bastion_tray.ui.notices import Notice, notice_for_event
@@ -216,6 +217,17 @@ def test_between_heartbeats_the_menu_ages_the_status_it_has() -> None:
     later = status.aged(10.0)
     assert status_line("foo", later.profiles["foo"]) == "foo: starting… 13 s"
     assert status_line("bar", later.profiles["bar"]) == "bar: running · stops in 45 s"
+
+
+def test_the_tray_redraws_every_second_while_starting_or_during_the_idle_warning() -> None:
+    warn = {"foo": 120.0}
+    assert ticking(of(foo=profile("starting")), warn)
+    assert ticking(of(foo=replace(profile("ready"), stops_in_seconds=110.0)), warn)
+    assert not ticking(of(foo=replace(profile("ready"), stops_in_seconds=1000.0)), warn)
+    assert not ticking(of(foo=replace(profile("ready"), stops_in_seconds=110.0)))
+    assert not ticking(of(foo=profile("stopped")), warn) and not ticking(None, warn)
+    aged = of(foo=replace(profile("ready"), stops_in_seconds=125.0)).aged(10.0)
+    assert ticking(aged, warn)  # the warning began between two events
 
 
 def test_without_notifications_the_last_notice_is_a_menu_line() -> None:

@@ -91,6 +91,17 @@ def icon_state(status: Status | None, connected: bool = True) -> IconState:
     return next((s for s in _URGENCY if s in states), IconState.STOPPED)
 
 
+def ticking(status: Status | None, warn_before: WarnBefore | None = None) -> bool:
+    """Whether the lines count seconds now, so the tray redraws every second between the
+    daemon's events: a bring-up's seconds, an idle warning's countdown to the second."""
+    if status is None:
+        return False
+    warn = warn_before or {}
+    return status.any_starting or any(
+        p.stops_in_seconds is not None and name in warn and p.stops_in_seconds <= warn[name]
+        for name, p in status.profiles.items())
+
+
 def tooltip(status: Status | None, connected: bool = True, notice: str | None = None, *,
             warn_before: WarnBefore | None = None) -> str:
     """The icon's title: one status line per profile (and the last notice, if any)."""

@@ -29,6 +29,7 @@ from bastion_tray.ui.model import (
     WarnBefore,
     build_menu,
     icon_state,
+    ticking,
     tooltip,
 )
 from bastion_tray.ui.notices import Notice, Outbox, Sink, notice_for_event
@@ -152,12 +153,15 @@ class TrayApp:
         threading.Thread(target=self._tick, name="tray-tick", daemon=True).start()
 
     def _tick(self) -> None:
-        """While a bastion starts, count its seconds up between the daemon's events."""
+        """While a bastion starts, count its seconds up between the daemon's events; during
+        an idle warning, count its stop down."""
         while not self._closed.wait(1.0):
             with self._lock:
-                starting = self._connected and self._status is not None and \
-                    self._status.any_starting
-            if starting:
+                status = self._status
+                if status is not None:
+                    status = status.aged(time.monotonic() - self._received)
+                due = self._connected and ticking(status, self._warn_before)
+            if due:
                 self._refresh()
 
     def _stop_watching(self) -> None:
