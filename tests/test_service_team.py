@@ -10,7 +10,8 @@ import logging
 import pytest
 
 from bastion_tray.core.errors import CloudError, InUseError, SSHError
-from bastion_tray.core.status import ProfileStatus, status_line
+from bastion_tray.core.status import ProfileStatus
+from bastion_tray.core.statusline import status_line
 from bastion_tray.core.team import LEASE_PREFIX, iso_utc, parse_iso_utc
 from tests.support.fakes import (
     INSTANCE,

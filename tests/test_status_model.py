@@ -18,13 +18,8 @@ from typing import Any
 import pytest
 
 from bastion_tray.core.paths import app_paths
-from bastion_tray.core.status import (
-    ProfileStatus,
-    Status,
-    StatusFormatError,
-    human_duration,
-    status_line,
-)
+from bastion_tray.core.status import ProfileStatus, Status, StatusFormatError
+from bastion_tray.core.statusline import human_duration, status_line
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.ui.model import profile_state
 from tests.fixtures.statuses import FOLDER, STATES, profile, recorded, reply, write

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from bastion_tray.core import lifecycle as lc
-from bastion_tray.core.status import LiveLine, ProfileStatus, status_line
+from bastion_tray.core.status import ProfileStatus
+from bastion_tray.core.statusline import LiveLine, status_line
 from bastion_tray.sandbox import Sandbox
 from tests.fixtures.statuses import profile
 from tests.support.app import App, wait_until

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from bastion_tray.core.paths import app_paths
-from bastion_tray.core.status import ProfileStatus, Status, status_line
+from bastion_tray.core.status import ProfileStatus, Status
+from bastion_tray.core.statusline import status_line
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.ui import desktop
 from bastion_tray.ui.actions import ActionRunner, TrayHooks

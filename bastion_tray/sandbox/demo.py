@@ -32,7 +32,8 @@ from typing import Any, TextIO
 
 from bastion_tray.core.netguard import ENV as LOOPBACK_ENV
 from bastion_tray.core.netguard import install_audit_guard, is_loopback
-from bastion_tray.core.status import ProfileStatus, Status, status_line
+from bastion_tray.core.status import ProfileStatus, Status
+from bastion_tray.core.statusline import status_line
 from bastion_tray.sandbox.errors import SandboxError
 
 PROFILE = "demo"

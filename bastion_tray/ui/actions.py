@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from bastion_tray.core.errors import BastionTrayError, UsageError
 from bastion_tray.core.paths import AppPaths, ensure_private_dir
-from bastion_tray.core.status import ProfileStatus, human_duration
+from bastion_tray.core.status import ProfileStatus
+from bastion_tray.core.statusline import human_duration
 from bastion_tray.ui import desktop
 from bastion_tray.ui.model import KEEP_DURATION, Action, IconState
 from bastion_tray.ui.notices import Notice, error_text

@@ -12,7 +12,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bastion_tray.core.status import ProfileStatus, Status, status_line
+from bastion_tray.core.status import ProfileStatus, Status
+from bastion_tray.core.statusline import status_line
 
 WarnBefore = Mapping[str, float]  # profile → its warn_before, for the idle warning's wording
 

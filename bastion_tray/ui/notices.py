@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bastion_tray.core.status import human_duration
+from bastion_tray.core.statusline import human_duration
 from bastion_tray.core.team import in_use_text
 from bastion_tray.ui.model import IconState
 

@@ -11,7 +11,8 @@ import json
 
 from bastion_tray.cli import session
 from bastion_tray.core.config import Config
-from bastion_tray.core.status import ProfileStatus, Status, human_duration, status_line
+from bastion_tray.core.status import ProfileStatus, Status
+from bastion_tray.core.statusline import human_duration, status_line
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
