@@ -139,50 +139,6 @@ def test_demo_with_stand_ins_says_so_and_relays_through_the_forward(sandbox: obj
     assert proc.returncode == 0 and "Everything is stopped." in out, out
 
 
-def test_quit_in_the_demos_tray_ends_the_demo_and_leaves_nothing_behind(
-        sandbox: object, tmp_path: Path) -> None:
-    """Issue 10: the tray's Quit shuts the user's daemon down and ends the tray; the demo
-    follows it (teammate's daemon, sandbox, temporary home) instead of running on unseen."""
-    from tests.support.app import alive, wait_until
-    from tests.support.xsession import XSession, missing_tools
-    from tests.test_tray_window import open_menu
-
-    missing = missing_tools()
-    if missing:
-        message = "the demo's tray test needs: " + ", ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    with XSession(tmp_path) as xs:
-        env = xs.child_env() | {"PYSTRAY_BACKEND": "gtk"}
-        proc = subprocess.Popen([sys.executable, "-m", "bastion_tray", "demo",
-                                 "--boot-delay", "1"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        started: dict[int, str] = {}
-        try:
-            guide = read_until(proc, r"Quit in the tray[^\n]*\n[^\n]*\n", 60)
-            assert "Quit in the tray shuts your daemon down and ends the demo" in guide, guide
-            home = re.search(r"BASTION_TRAY_HOME=(\S+)", guide)
-            assert home, guide
-            daemon_pid = int((Path(home.group(1)) / "run" / "daemon.pid").read_text().split()[0])
-            wait_until(xs.tray_icon, 30, "the demo's tray icon to dock")
-            started = descendants(proc.pid)
-            assert daemon_pid in started
-            open_menu(xs, tmp_path)
-            xs.xdotool("key", "Up", "Return")  # the last item: Quit
-            out, _ = proc.communicate(timeout=60)  # the demo ends by itself
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, out
-        assert "The tray was quit" in out and "Everything is stopped." in out, out
-        assert not alive(daemon_pid)
-        assert not Path(home.group(1)).exists()
-        live = live_processes()
-        assert {pid: cmd for pid, cmd in started.items() if live.get(pid) == cmd} == {}
-
-
 def test_a_tray_that_crashes_leaves_the_demo_running_on_the_status_line(
         sandbox: object) -> None:
     """Only a tray that exits 0 (its Quit) ends the demo; one that cannot even start (here: a

@@ -96,8 +96,7 @@ class Terminal:
 @pytest.fixture
 def app(bastion: Sandbox, tmp_path: Path) -> Iterator[App]:
     app = App(bastion)
-    app.known_hosts.write_text(app.known_hosts.read_text()
-                               + bastion.appserver_known_hosts_line + "\n")
+    app.known_hosts.write_text(bastion.trusted_lines("foo"))  # both keys, by alias
     no_ssh = tmp_path / "bin"  # no ssh binary on PATH: `shell` uses the built-in client
     no_ssh.mkdir()
     app.env["PATH"] = str(no_ssh)
