@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -50,11 +51,11 @@ def _wait_line(proc: subprocess.Popen[str], ready: str, timeout: float) -> str:
                 break
             if line.startswith(ready):
                 return line.strip()
-    raise RuntimeError(f"{' '.join(proc.args)} did not print {ready!r} within {timeout:.0f}s "
+    raise RuntimeError(f"{proc.args!s} did not print {ready!r} within {timeout:.0f}s "
                        f"(exit code {proc.poll()})")
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[Any]) -> None:
     with contextlib.suppress(Exception):
         if proc.stdin:
             proc.stdin.close()

@@ -1,4 +1,5 @@
-"""Turn the bench's samples into one markdown table with ratios against `ssh -L`."""
+"""Turn the bench's samples into markdown tables: each contender's median, and each compared
+contender's ratio to the baseline as the median of per-round ratios."""
 
 from __future__ import annotations
 
@@ -8,67 +9,66 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Samples:
-    """Every round's number for one (cipher, contender)."""
+class Metric:
+    """One row: every round's number per contender (the rounds pair up by index)."""
 
-    negotiated: str = ""  # "aes128-ctr + hmac-sha2-256"
-    download: list[float] = field(default_factory=list)  # MB/s
-    upload: list[float] = field(default_factory=list)  # MB/s
-    banner_ms: list[float] = field(default_factory=list)  # server speaks first (MySQL)
-    request_ms: list[float] = field(default_factory=list)  # client speaks first (HTTP)
-    served: list[int] = field(default_factory=list)  # of the concurrent connections
-
-
-@dataclass(frozen=True)
-class _Row:
-    metric: str
+    label: str
     higher_is_better: bool
-    target: float  # the ratio ours/ssh must reach (≥) or stay under (≤)
-    attr: str
+    target: float | None  # the ratio compared/baseline must reach (≥) or stay under (≤)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, who: str, value: float) -> None:
+        self.samples.setdefault(who, []).append(value)
 
 
-_ROWS = (
-    _Row("download MB/s", True, 0.5, "download"),
-    _Row("upload MB/s", True, 0.5, "upload"),
-    _Row("first byte ms, server speaks first (MySQL-like)", False, 2.0, "banner_ms"),
-    _Row("first byte ms, client speaks first (HTTP-like)", False, 2.0, "request_ms"),
-)
+def paired_ratio(base: Sequence[float], other: Sequence[float]) -> float | None:
+    """Median over rounds of other/base, each round's pair measured back to back: the
+    machine's other load drifts between rounds, and pairing cancels most of it."""
+    pairs = [b / a for a, b in zip(base, other, strict=False) if a]
+    return statistics.median(pairs) if pairs else None
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+def fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def paired_ratio(ssh: Sequence[float], ours: Sequence[float]) -> float:
-    """Median over rounds of ours/ssh, each round's pair measured back to back: the machine's
-    other load drifts between rounds, and pairing cancels most of it."""
-    return statistics.median(b / a for a, b in zip(ssh, ours, strict=True) if a)
+def _met(metric: Metric, ratio: float | None) -> str:
+    if metric.target is None or ratio is None:
+        return "–"
+    ok = ratio >= metric.target if metric.higher_is_better else ratio <= metric.target
+    return "yes" if ok else "NO"
 
 
-def render(results: dict[str, dict[str, Samples]], *, concurrent: int,
-           notes: Sequence[str], extra: Sequence[str] = ()) -> str:
-    """results[cipher]["ssh -L" | "ours"] → a markdown report."""
-    lines = ["| metric (median of rounds) | cipher | ssh -L | ours | ours / ssh | target | met |",
-             "|---|---|---:|---:|---:|---|---|"]
-    for row in _ROWS:
-        for cipher, sides in results.items():
-            a, b = getattr(sides["ssh -L"], row.attr), getattr(sides["ours"], row.attr)
-            if not a or len(a) != len(b):
-                continue
-            ratio = paired_ratio(a, b)
-            want = f"{'≥' if row.higher_is_better else '≤'} {row.target:g}×"
-            met = ratio >= row.target if row.higher_is_better else ratio <= row.target
-            lines.append(f"| {row.metric} | {cipher} | {_fmt(statistics.median(a))} | "
-                         f"{_fmt(statistics.median(b))} | {ratio:.2f}× | {want} | "
-                         f"{'yes' if met else 'NO'} |")
-    for cipher, sides in results.items():
-        ssh, ours = sides["ssh -L"], sides["ours"]
-        if ssh.served and ours.served:
-            low_a, low_b = min(ssh.served), min(ours.served)
-            lines.append(f"| {concurrent} concurrent round trips served (worst round) | "
-                         f"{cipher} | {low_a} | {low_b} | – | "
-                         f"all {concurrent} | {'yes' if low_b == concurrent else 'NO'} |")
-    negotiated = [f"- {cipher}: ssh -L negotiated {s['ssh -L'].negotiated}; ours "
-                  f"{s['ours'].negotiated}" for cipher, s in results.items()]
-    return "\n".join([*lines, *extra, "", *negotiated,
-                      *(f"- {note}" for note in notes)]) + "\n"
+def render(metrics: Sequence[Metric], *, columns: Sequence[str], compared: Sequence[str],
+           baseline: str, title: str = "metric (median of rounds)") -> list[str]:
+    """A table: the metric, each column's median, each compared column's ratio to the
+    baseline, the target and whether each compared column meets it."""
+    ratios = [f"{who} / {baseline}" for who in compared]
+    head = [title, *columns, *ratios, "target", "met"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|---|" + "---:|" * (len(columns) + len(ratios)) + "---|---|"]
+    for metric in metrics:
+        values = [fmt(statistics.median(metric.samples[who])) if metric.samples.get(who)
+                  else "–" for who in columns]
+        base = metric.samples.get(baseline, [])
+        found = [paired_ratio(base, metric.samples.get(who, [])) for who in compared]
+        shown = [f"{r:.2f}×" if r is not None else "–" for r in found]
+        want = "–" if metric.target is None else \
+            f"{'≥' if metric.higher_is_better else '≤'} {metric.target:g}×"
+        met = " / ".join(_met(metric, r) for r in found)
+        lines.append("| " + " | ".join([metric.label, *values, *shown, want, met]) + " |")
+    return lines
+
+
+def verdicts(metrics: Sequence[Metric], compared: Sequence[str], baseline: str
+             ) -> list[tuple[str, str, str]]:
+    """(metric, contender, yes/NO) for every row with a target: the summary line's input."""
+    found = []
+    for metric in metrics:
+        for who in compared:
+            ratio = paired_ratio(metric.samples.get(baseline, []), metric.samples.get(who, []))
+            if metric.target is not None and ratio is not None:
+                found.append((metric.label, who, _met(metric, ratio)))
+    return found

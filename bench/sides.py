@@ -1,8 +1,6 @@
-"""The two contenders. Each is a context manager yielding a `Side`: the local ports of its
-forwards (one per target, in order) and what it negotiated.
-
-`ours_forward()` is the one place that knows how "ours" runs; swap its body for the real daemon
-(`bastion-tray connect …`) and the rest of the bench stays as it is.
+"""OpenSSH's contender, `ssh -N -L`: a context manager yielding a `Side` — the local ports of
+its forwards (one per target, in order), what it negotiated and the ssh process's pid.
+("ours" is the real daemon: bench/app.py.)
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.net import child, python_module, require_loopback, stop
+from bench.net import require_loopback, stop
 
 LOCAL = "127.0.0.1"
 
@@ -35,6 +33,7 @@ class Side:
     ports: list[int]
     cipher: str
     mac: str  # "" for AEAD ciphers
+    pid: int  # the ssh client: its CPU is the tunnel's
 
 
 def _free_port() -> int:
@@ -86,22 +85,6 @@ def ssh_forward(bastion: Bastion, cipher: str,
                                 stderr=stderr, start_new_session=True)
     try:
         _wait_listening(proc, ports, 15)
-        yield Side(ports, *_ssh_negotiated(log.read_text(errors="replace")))
+        yield Side(ports, *_ssh_negotiated(log.read_text(errors="replace")), proc.pid)
     finally:
         stop(proc)
-
-
-@contextlib.contextmanager
-def ours_forward(bastion: Bastion, cipher: str,
-                 targets: Sequence[tuple[str, int]], logdir: Path) -> Iterator[Side]:
-    """bastion-tray's Forward + Relay over a paramiko transport (bench/ours.py, own process)."""
-    args = python_module("bench.ours", "--host", require_loopback(bastion.host),
-                         "--port", str(bastion.port), "--user", bastion.user,
-                         "--key", str(bastion.key), "--known-hosts", str(bastion.known_hosts),
-                         "--cipher", cipher)
-    for host, port in targets:
-        args += ["--target", f"{require_loopback(host)}:{port}"]
-    with child(args, timeout=30) as (_, line):
-        _, negotiated, mac, *ports = line.split()
-        aead = "gcm" in negotiated or "poly1305" in negotiated  # its MAC goes unused
-        yield Side([int(p) for p in ports], negotiated, "" if aead or mac == "None" else mac)
