@@ -5,7 +5,6 @@ Every problem says where: `<file>: [profiles.foo.bastion] port: expected …, go
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -180,6 +179,8 @@ class TableReader:
         for key in self.data:
             if key in self._known:
                 continue
+            import difflib  # only for a typo: it is a millisecond of every command's start
+
             close = difflib.get_close_matches(key, sorted(self._known), n=1, cutoff=0.6)
             hint = f" — did you mean {close[0]!r}?" if close else ""
             expected = ", ".join(sorted(self._known)) or "no keys"

@@ -37,10 +37,17 @@ def tray_argv(config_path: Path, platform: str = sys.platform) -> list[str]:
 
 def connect(config: Config, paths: AppPaths | None = None) -> ControlClient:
     """A client of the running daemon, starting one in the background when none answers."""
-    from bastion_tray.service.spawn import ensure_daemon
+    from bastion_tray.core.errors import DaemonError
+    from bastion_tray.service.control_client import ControlClient
 
     paths = paths or app_paths()
     ensure_private_dir(paths.log_dir)
+    try:  # the usual case, a daemon that answers, without importing how to start one
+        return ControlClient.connect(paths, timeout=2.0)  # as ensure_daemon's first try
+    except DaemonError:  # none, or one that answers nonsense: ensure_daemon decides, as before
+        pass
+    from bastion_tray.service.spawn import ensure_daemon  # subprocess, ctypes, hmac: ~6 ms
+
     return ensure_daemon(paths, argv=daemon_argv(config), log_path=paths.daemon_log)
 
 

@@ -20,16 +20,21 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from bastion_tray.adapters import discovery as dv
-from bastion_tray.adapters import iam_role
 from bastion_tray.core import configwriter as cw
 from bastion_tray.core.config import Config, expand_path, load_config
 from bastion_tray.core.errors import BastionTrayError, CloudError, UsageError
 from bastion_tray.core.paths import config_path
 
+# discovery and iam_role are boto3: imported where init runs, never at the top, since every
+# command builds its parser with this module (tests/test_cli_startup.py keeps boto3 out)
+if TYPE_CHECKING:
+    from bastion_tray.adapters import discovery as dv
+
 Plan = TypeVar("Plan", cw.ForwardPlan, cw.HostPlan)
+# iam_role.DEFAULT_ROLE_NAME, spelled out for --help (tests/test_cli_startup.py checks both)
+BACKSTOP_ROLE_NAME = "bastion-tray-backstop"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-hosts", action="store_true", help="write no shell hosts")
     p.add_argument("--backstop-role", metavar="create|ARN|none",
                    help="the IAM role with which EventBridge Scheduler stops the bastion when "
-                        f"every laptop is gone: create one ({iam_role.DEFAULT_ROLE_NAME}), use "
+                        f"every laptop is gone: create one ({BACKSTOP_ROLE_NAME}), use "
                         "an existing role's ARN, or none; default: asked on a terminal, none "
                         "with --yes")
     p.add_argument("-y", "--yes", action="store_true", help="ask nothing, take the defaults")
@@ -103,6 +108,8 @@ class Prompter:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bastion_tray.adapters import discovery as dv
+
     path, source = config_path(args.config)
     existing = load_config(path, source) if path.exists() else None  # must be valid to add to
     forward_specs = [cw.parse_target_spec("--forward", v, local=True) for v in args.forward]
@@ -295,6 +302,9 @@ def _hosts(inventory: dv.Inventory, bastion: dv.FoundInstance,
 def _backstop_role(args: argparse.Namespace, prompt: Prompter, region: str,
                    bastion: dv.FoundInstance, name: str) -> str | None:
     """The backstop_role to write: created now, given, or None (the backstop stays off)."""
+    from bastion_tray.adapters import discovery as dv
+    from bastion_tray.adapters import iam_role
+
     choice = args.backstop_role
     if choice is None and not prompt.interactive:
         print("note: no backstop role (--backstop-role create|ARN): if every laptop using the "
@@ -332,6 +342,8 @@ def _backstop_role(args: argparse.Namespace, prompt: Prompter, region: str,
 def _explain_missing_role(exc: CloudError, region: str, account: str | None, instance_id: str,
                           profile: str) -> None:
     """Why there is no role, and the role an administrator can make instead."""
+    from bastion_tray.adapters import iam_role
+
     account = account or "ACCOUNT-ID"
     arn = iam_role.instance_arn(region, account, instance_id)
     print(f"note: no backstop role was created: {exc}\n"

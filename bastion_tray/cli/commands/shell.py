@@ -11,8 +11,6 @@ Exits with ssh's exit code.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 from typing import Any
 
@@ -93,6 +91,9 @@ def explain_failure(client: Any, profile: str, host: HostConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess  # here, not at the top: every command builds the parser with this module
+
     config = session.load(args)
     profile = session.profile_arg(config, args.profile)
     host = profile.host(args.host)  # exit 2 listing the known hosts

@@ -7,7 +7,6 @@ import argparse
 import json
 
 from bastion_tray.cli import session
-from bastion_tray.service.sshconfig import ssh_config_blocks, ssh_hosts
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bastion_tray.service.sshconfig import ssh_config_blocks, ssh_hosts  # only when it runs
+
     config = session.load(args)
     profiles = ([session.profile_arg(config, args.profile)] if args.profile
                 else list(config.profiles.values()))

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from bastion_tray.cli import session
-from bastion_tray.core.config import Config
-from bastion_tray.core.status import ProfileStatus, Status
-from bastion_tray.core.statusline import human_duration, status_line
+
+# core.status and core.statusline are imported where they are used: every command builds the
+# parser with this module, and only `status` reads a status
+if TYPE_CHECKING:
+    from bastion_tray.core.config import Config
+    from bastion_tray.core.status import ProfileStatus
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,6 +27,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def describe(name: str, p: ProfileStatus, warn_before: float | None = None) -> list[str]:
     """The status line, then what stands behind it: the instance, idle clock, forwards, error."""
+    from bastion_tray.core.statusline import human_duration, status_line
+
     b = p.bastion
     lines = [status_line(name, p, warn_before=warn_before)]
     where = f" at {b.host}" if b.host else ""
@@ -44,6 +50,8 @@ def describe(name: str, p: ProfileStatus, warn_before: float | None = None) -> l
 
 def team_lines(p: ProfileStatus) -> list[str]:
     """Who else keeps it up, our lease, and when the backstop would stop it (or why not)."""
+    from bastion_tray.core.statusline import human_duration
+
     lines = []
     if p.waiting_for_others:
         others = [*p.in_use_by]
@@ -73,6 +81,8 @@ def team_lines(p: ProfileStatus) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bastion_tray.core.status import Status
+
     config = session.load(args)
     with session.connect(config) as client:
         reply = client.request("status")
