@@ -16,6 +16,7 @@ demo: prereqs $(STAMP)
 	$(BIN)/bastion-tray demo
 
 bench: prereqs $(STAMP)
+	@bash scripts/bench-prereqs.sh
 	$(BIN)/python -m bench
 
 lint: $(STAMP)

@@ -31,8 +31,9 @@ from bench.app import OurDaemon, data_plane_supported
 from bench.daemon import measure_daemon, render_daemon
 from bench.net import child, python_module, raise_fd_limit, require_loopback
 from bench.openssh import JUMP_ALIAS, jump_config
+from bench.procstat import tree_cpu_seconds
 from bench.sides import LOCAL, Bastion, ssh_forward
-from bench.suites import DIRECT, SSH, Contender, SshRoute
+from bench.suites import DIRECT, SSH, SSH_J, Contender, SshRoute
 from bench.writeup import Results, write_results
 
 CIPHER = "aes128-gcm@openssh.com"
@@ -73,8 +74,7 @@ def _ours(stack: contextlib.ExitStack, sb: Any, name: str, data_plane: str | Non
           far: dict[str, tuple[str, int]]) -> tuple[Contender, OurDaemon]:
     daemon = stack.enter_context(OurDaemon(sb, data_plane=data_plane, forwards=far))
     addresses = {forward: daemon.connect(forward) for forward in ("db", *far)}
-    return Contender(name, addresses, daemon.cpu_seconds,
-                     f"data plane {daemon.data_plane()}, {daemon.processes()} process(es)"), daemon
+    return Contender(name, addresses, daemon.cpu_seconds, daemon.describe()), daemon
 
 
 def _run(workdir: Path, args: argparse.Namespace, results: Results) -> None:
@@ -98,15 +98,15 @@ def _run(workdir: Path, args: argparse.Namespace, results: Results) -> None:
         bastion = Bastion(require_loopback(sb.eip), sb.bastion_port, sb.user, sb.client_key,
                           sb.known_hosts)
         side = stack.enter_context(ssh_forward(bastion, CIPHER, [db, *far.values()], workdir))
-        from bench.procstat import tree_cpu_seconds
         ssh = Contender(SSH, {n: (LOCAL, p) for n, p in zip(("db", *far), side.ports,
                                                               strict=True)},
                         lambda: tree_cpu_seconds([side.pid]),
                         " + ".join(filter(None, (side.cipher, side.mac))))
         ours, daemon = _ours(stack, sb, OURS, None, far)
-        contenders = [ssh, ours]
+        contenders, daemons = [ssh, ours], {OURS: daemon}
         if data_plane_supported():
-            contenders.append(_ours(stack, sb, PARAMIKO, "paramiko", far)[0])
+            paramiko, daemons[PARAMIKO] = _ours(stack, sb, PARAMIKO, "paramiko", far)
+            contenders.append(paramiko)
         direct = Contender(DIRECT, {"db": db, **far}, None, "no tunnel")
         results.contenders = [*contenders, direct]
 
@@ -118,9 +118,10 @@ def _run(workdir: Path, args: argparse.Namespace, results: Results) -> None:
         print("  new MySQL connections", flush=True)
         results.connections = [suites.connections([*contenders, direct], account, args)]
         print("  scp and ssh sessions: ssh-config's ProxyCommand vs ssh -J", flush=True)
-        jump_env = dict(daemon.env)
-        routes = [SshRoute(OURS, daemon.ssh_config(), "foo-appserver", daemon.env),
-                  SshRoute(SSH, jump_config(workdir / "jump_config", sb), JUMP_ALIAS, jump_env)]
+        routes = [SshRoute(SSH_J, jump_config(workdir / "jump_config", sb), JUMP_ALIAS,
+                           dict(daemon.env))]
+        routes += [SshRoute(name, each.ssh_config(), "foo-appserver", each.env)
+                   for name, each in daemons.items()]
         results.sessions = suites.openssh_sessions(routes, workdir, args)
         print("  CLI start-up", flush=True)
         results.startup = suites.cli_startup(daemon.env, "foo", "db", args)

@@ -95,9 +95,19 @@ class OurDaemon:
         pid = self.pid
         return tree_cpu_seconds([pid]) if pid else 0.0
 
-    def processes(self) -> int:
+    def describe(self) -> str:
+        """The data plane it reports, its processes and any child ssh's cipher option."""
         pid = self.pid
-        return 1 + len(descendants(pid)) if pid else 0
+        kids = descendants(pid) if pid else []
+        argv = [_cmdline(kid) for kid in kids]
+        ciphers = sorted({arg for args in argv for arg in args if "iphers" in arg})
+        ssh = [args for args in argv if args and Path(args[0]).name == "ssh"]
+        text = f"data plane {self.data_plane()}, {1 + len(kids) if pid else 0} process(es)"
+        if ssh:
+            text += ("; its ssh master passes " + ", ".join(ciphers) if ciphers else
+                     "; its ssh master sets no Ciphers (OpenSSH's default order, "
+                     "chacha20-poly1305 first)")
+        return text
 
     def log_tail(self, lines: int = 30) -> str:
         path = self.home / "log" / "daemon.log"
@@ -124,6 +134,12 @@ class OurDaemon:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cmdline(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return []
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import measure, mysql, openssh, startup
 from bench.report import Metric
 
-SSH, DIRECT = "ssh -L", "direct"
+SSH, SSH_J, DIRECT = "ssh -L", "ssh -J", "direct"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def connections(contenders: Sequence[Contender], account: mysql.Account,
 
 @dataclass(frozen=True)
 class SshRoute:
-    name: str  # the contender it stands for: "ours" or "ssh -L" (plain OpenSSH)
+    name: str  # "ssh -J" (plain OpenSSH through the bastion) or an "ours" contender
     config: Path
     host: str
     env: dict[str, str]
@@ -93,7 +93,8 @@ class SshRoute:
 
 def openssh_sessions(routes: Sequence[SshRoute], workdir: Path, args: argparse.Namespace
                      ) -> list[Metric]:
-    """scp to the app server and `ssh … true`, ours (ProxyCommand) vs OpenSSH (`ssh -J`)."""
+    """scp to the app server and `ssh … true`: ours (`bastion-tray ssh-config`'s
+    ProxyCommand) vs OpenSSH alone (`ssh -J`)."""
     source = openssh.write_file(workdir / "scp-source.bin", args.scp_mib)
     scp = Metric(f"scp {args.scp_mib} MiB to the app server, MB/s", True, 0.95)
     session = Metric("`ssh HOST true` session setup, ms", False, 1.05)
