@@ -34,6 +34,14 @@ def fmt(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
+def _ratio(value: float | None) -> str:
+    """Two decimals, three when two would round onto a target's edge (0.896 → "0.896×")."""
+    if value is None:
+        return "–"
+    two = f"{value:.2f}"
+    return f"{value:.3f}×" if abs(float(two) - value) > 1e-9 and two[-1] == "0" else f"{two}×"
+
+
 def _met(metric: Metric, ratio: float | None) -> str:
     if metric.target is None or ratio is None:
         return "–"
@@ -54,7 +62,7 @@ def render(metrics: Sequence[Metric], *, columns: Sequence[str], compared: Seque
                   else "–" for who in columns]
         base = metric.samples.get(baseline, [])
         found = [paired_ratio(base, metric.samples.get(who, [])) for who in compared]
-        shown = [f"{r:.2f}×" if r is not None else "–" for r in found]
+        shown = [_ratio(r) for r in found]
         want = "–" if metric.target is None else \
             f"{'≥' if metric.higher_is_better else '≤'} {metric.target:g}×"
         met = " / ".join(_met(metric, r) for r in found)
