@@ -131,7 +131,7 @@ def relay() -> Iterator[Relay]:
 def through(conn: BastionConnection, host: str, port: int
             ) -> Callable[[tuple[str, int]], Any]:
     assert is_loopback(host)
-    return lambda origin: conn.open_channel(host, port, origin)
+    return lambda origin, sock=None: conn.open_channel(host, port, origin)
 
 
 def db_forward(sandbox: Sandbox, conn: BastionConnection, relay: Relay,
@@ -229,7 +229,7 @@ def test_a_connector_that_blocks_1s_then_succeeds_serves_the_waiting_client(
         far_end: FarEnd, connection: BastionConnection, relay: Relay) -> None:
     opened = through(connection, far_end.host, far_end.port)
 
-    def lazy(origin: tuple[str, int]) -> Any:
+    def lazy(origin: tuple[str, int], sock: Any = None) -> Any:
         time.sleep(1.0)  # the daemon starting the bastion
         return opened(origin)
 
@@ -246,7 +246,7 @@ def test_a_connector_that_blocks_1s_then_succeeds_serves_the_waiting_client(
 def test_a_connector_error_closes_the_client_and_logs_a_warning_with_context(
         far_end: FarEnd, connection: BastionConnection, relay: Relay,
         caplog: pytest.LogCaptureFixture) -> None:
-    def failing(origin: tuple[str, int]) -> Any:
+    def failing(origin: tuple[str, int], sock: Any = None) -> Any:
         raise SSHError("cannot connect to the bastion at 127.0.0.9:22: connection refused")
 
     seen: list[int] = []
@@ -301,7 +301,8 @@ def test_a_port_in_use_names_the_address_and_the_holder(relay: Relay) -> None:
     try:
         assert holder.stdout is not None
         port = int(holder.stdout.readline())
-        forward = Forward(ForwardConfig("db", port, "10.0.0.5", 3306), lambda o: None, relay,
+        forward = Forward(ForwardConfig("db", port, "10.0.0.5", 3306), lambda o, s=None: None,
+                          relay,
                           profile="foo")
         with pytest.raises(ForwardError) as caught:
             forward.start()
@@ -318,7 +319,7 @@ def test_a_port_in_use_names_the_address_and_the_holder(relay: Relay) -> None:
 
 def test_binds_127_0_0_1_by_default(relay: Relay) -> None:
     config = ForwardConfig("db", 0, "10.0.0.5", 3306)
-    with Forward(config, lambda o: None, relay, profile="foo") as forward:
+    with Forward(config, lambda o, s=None: None, relay, profile="foo") as forward:
         assert forward.listening
         assert forward.address == ("127.0.0.1", forward.local_port)
         with pytest.raises(OSError):  # not a wildcard bind: another loopback address is refused
@@ -350,7 +351,7 @@ def test_close_leaves_no_thread_or_socket_behind(far_end: FarEnd,
     release = threading.Event()
     opened = through(connection, far_end.host, far_end.port)
 
-    def slow_once(origin: tuple[str, int]) -> Any:
+    def slow_once(origin: tuple[str, int], sock: Any = None) -> Any:
         if origin[1] == slow_port[0]:
             release.wait(10)
         return opened(origin)

@@ -35,8 +35,10 @@ LISTEN_BACKLOG = 1024  # a pool opening hundreds at once must see no resets (ssh
 CLOSE_WAIT_SECONDS = 5.0  # close() waits this long for the relay to report closes
 WORKER_LINGER_SECONDS = 2.0  # an idle worker waits this long for the next connection
 
-#: the client's (host, port) → a Channel to the target; may block long, may raise BastionTrayError
-Connector = Callable[[tuple[str, int]], Any]
+#: (the client's (host, port), its socket) → a Channel to the target for the relay, or something
+#: that `adopt`s the socket itself (a stream handed to an ssh master, adapters/mux.py); may block
+#: long, may raise BastionTrayError
+Connector = Callable[[tuple[str, int], socket.socket], Any]
 
 
 @dataclass(eq=False)
@@ -45,7 +47,7 @@ class _Conn:
 
     sock: socket.socket
     peer: tuple[str, int]
-    handle: RelayHandle | None = None
+    handle: RelayHandle | Any = None  # a RelayHandle, or a MuxHandle: the same shape
     relayed: bool = False  # handed to the relay, which owns and closes the socket now
     cancelled: bool = False  # close_connections() came while it was handed over
     finished: bool = False  # counted out of active_connections
@@ -255,7 +257,7 @@ class Forward:
             if conn.finished:  # closed while it waited in the queue
                 return
         try:
-            channel = self._connector(conn.peer)
+            channel = self._connector(conn.peer, conn.sock)
         except Exception as exc:  # BastionTrayError; anything else is a connector's bug
             self._drop(conn, exc)
             return
@@ -265,9 +267,13 @@ class Forward:
             with contextlib.suppress(Exception):
                 channel.close()
             return
+        adopt = getattr(channel, "adopt", None)
         try:  # not under our lock: add() already moves the first bytes
-            handle = self._relay.add(conn.sock, channel,
-                                     lambda stats: self._relayed(conn, stats))
+            if adopt is not None:  # OpenSSH carries it: the socket is the watcher's now
+                handle = adopt(conn.sock, lambda stats: self._relayed(conn, stats))
+            else:
+                handle = self._relay.add(conn.sock, channel,
+                                         lambda stats: self._relayed(conn, stats))
         except Exception as exc:  # the relay was closed (it closed both ends), or broke
             self._drop(conn, exc)
             return

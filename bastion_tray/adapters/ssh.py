@@ -128,8 +128,15 @@ def _public_blob(path: Path) -> bytes | None:
 
 
 def authenticate(transport: paramiko.Transport, bastion: BastionConfig, where: str,
-                  passphrase: Passphrase | None, profile: str, logger: LogContext) -> str:
+                 passphrase: Passphrase | None, profile: str, logger: LogContext) -> str:
     """Public-key auth with identity_file, then ssh-agent keys; returns what worked."""
+    return authenticate_with_key(transport, bastion, where, passphrase, profile, logger)[0]
+
+
+def authenticate_with_key(transport: paramiko.Transport, bastion: BastionConfig, where: str,
+                          passphrase: Passphrase | None, profile: str, logger: LogContext
+                          ) -> tuple[str, paramiko.PKey]:
+    """`authenticate`, also returning the key that worked (the data plane's master uses it)."""
     user = bastion.user
     tried: list[str] = []
     agent: paramiko.Agent | None = None
@@ -172,7 +179,8 @@ def authenticate(transport: paramiko.Transport, bastion: BastionConfig, where: s
             if remaining:
                 raise SSHError(f"the bastion {where} wants more than a key for {user} "
                                f"({', '.join(remaining)}); bastion-tray supports keys only")
-            return label
+            assert key is not None
+            return label, key
     finally:
         if agent is not None:
             agent.close()
@@ -209,6 +217,8 @@ class BastionConnection:
         self._lost_reason: str | None = None
         self._stop = threading.Event()
         self._last_reply = time.monotonic()
+        self.auth_key: paramiko.PKey | None = None  # the key that authenticated (in memory)
+        self.server_key: paramiko.PKey | None = None  # the host key that was verified
         self._monitor = threading.Thread(target=self._watch, daemon=True,
                                          name=f"bastion-keepalive[{profile}]")
         self._monitor.start()
@@ -235,7 +245,8 @@ class BastionConnection:
             key = negotiate(transport, host, port, timeout=timeout)
             checked = hostkeys.verify(target, key)
             transport.auth_timeout = timeout
-            method = authenticate(transport, bastion, where, passphrase, profile, logger)
+            method, used = authenticate_with_key(transport, bastion, where, passphrase,
+                                                 profile, logger)
         except BaseException:
             transport.close()
             sock.close()
@@ -245,9 +256,11 @@ class BastionConnection:
         logger.info("connected as %s with %s in %.2f s (host key %s via %s, cipher %s)",
                     bastion.user, method, elapsed, checked.fingerprint,
                     checked.matched.where if checked.matched else "?", cipher)
-        return cls(transport, host=host, port=port, profile=profile,
+        link = cls(transport, host=host, port=port, profile=profile,
                    host_key=checked.fingerprint, keepalive_interval=keepalive_interval,
                    on_lost=on_lost, connect_seconds=elapsed)
+        link.auth_key, link.server_key = used, key
+        return link
 
     @property
     def alive(self) -> bool:

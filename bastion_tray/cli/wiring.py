@@ -41,6 +41,7 @@ class RealAdapters:
         self._paths = paths
         self._relay = Relay(name="relay")
         self._secrets: dict[str, str] = {}  # identity file → passphrase, in memory only
+        self._watch: Any = None  # the MuxWatch of streams handed to ssh masters, once needed
 
     def _store(self, pin: str | None) -> Any:
         from bastion_tray.adapters import hostkeys
@@ -62,7 +63,7 @@ class RealAdapters:
 
         output = link.run(sessions.COUNT_COMMAND, sessions.SESSION_COUNT_TIMEOUT)
         try:
-            return sessions.count_other_sessions(output)
+            return sessions.count_other_sessions(output, getattr(link, "own_endpoints", []))
         except ValueError as exc:
             raise SSHError(f"could not count the SSH sessions on the bastion: {exc}",
                            hint="the bastion needs `ss` (iproute) or a readable /proc/net/tcp"
@@ -76,10 +77,11 @@ class RealAdapters:
 
     def connect(self, host: str, port: int, bastion: BastionConfig, profile: str,
                 settings: Settings, on_lost: Callable[[str], None]) -> BastionLink:
+        from bastion_tray.adapters.dataplane import DataPlaneLink
         from bastion_tray.adapters.ssh import BastionConnection
 
         try:
-            return BastionConnection.open(
+            conn = BastionConnection.open(
                 host, port, bastion, hostkeys=self._store(bastion.host_key), profile=profile,
                 keepalive_interval=settings.keepalive_interval,
                 passphrase=lambda path: self._secrets.get(str(path)), on_lost=on_lost)
@@ -87,6 +89,15 @@ class RealAdapters:
             if exc.wrong:
                 self._secrets.pop(exc.path, None)
             raise
+        return DataPlaneLink(conn, bastion, mode=settings.data_plane, watch=self._mux_watch(),
+                             keepalive_interval=settings.keepalive_interval).start()
+
+    def _mux_watch(self) -> Any:
+        if self._watch is None:
+            from bastion_tray.adapters.mux import MuxWatch
+
+            self._watch = MuxWatch()
+        return self._watch
 
     def remember_passphrase(self, path: str, secret: str | None) -> None:
         if secret is None:
@@ -94,7 +105,7 @@ class RealAdapters:
         else:
             self._secrets[path] = secret
 
-    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Channel],
+    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int], Any], Channel],
                 profile: str, on_change: Callable[[], None]) -> Listener:
         from bastion_tray.adapters.forward import Forward
 
@@ -105,6 +116,9 @@ class RealAdapters:
         if leftover:
             channel.sendall(leftover)
         return self._relay.add(sock, channel, lambda stats: on_closed())
+
+    def watch_stdio(self, stream: Any, client: Any, on_closed: Callable[[], None]) -> Pipe:
+        return self._mux_watch().add(stream, None, lambda stats: on_closed(), peer=client)
 
     def dial(self, host: str, port: int) -> Any:
         from bastion_tray.adapters import readiness
@@ -132,6 +146,8 @@ class RealAdapters:
 
     def close(self) -> None:
         self._relay.close()
+        if self._watch is not None:
+            self._watch.close()
 
 
 def _key(line: str) -> Any:

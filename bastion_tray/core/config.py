@@ -50,6 +50,7 @@ class Settings:
     keepalive_interval: float = 15.0  # SSH keepalive; a peer silent for 3 intervals is dead
     user_id: str = field(default_factory=default_user_id)  # names this user's lease tag
     lease_ttl: float = DEFAULT_LEASE_TTL  # a lease's life; renewed every third of it
+    data_plane: str = "auto"  # what moves forwarded bytes: one of DATA_PLANES
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,11 @@ def parse_config(data: Mapping[str, object], path: Path) -> Config:
     return Config(path=path, settings=settings, profiles=profiles)
 
 
+#: "openssh": an ssh ControlMaster carries the bytes (fails where it can't run); "paramiko": the
+#: daemon's own transport does; "auto": openssh where it can run, else paramiko
+DATA_PLANES = ("auto", "openssh", "paramiko")
+
+
 def _settings(t: TableReader) -> Settings:
     terminal = t.str_list("terminal")
     settings = Settings(
@@ -205,6 +211,11 @@ def _settings(t: TableReader) -> Settings:
         lease_ttl=t.duration("lease_ttl", DEFAULT_LEASE_TTL, minimum=MIN_LEASE_TTL,
                              maximum=MAX_LEASE_TTL),
     )
+    plane = t.text("data_plane")
+    if plane is not None and plane not in DATA_PLANES:
+        t.problem("data_plane", f"expected one of {', '.join(DATA_PLANES)}, got {plane!r:.40}")
+    elif plane is not None:
+        settings = replace(settings, data_plane=plane)
     user_id = t.text("user_id")
     if user_id is not None:
         problem = user_id_problem(user_id)

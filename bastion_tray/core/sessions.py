@@ -68,8 +68,9 @@ def count_command(ss_candidates: Sequence[str] = SS_CANDIDATES) -> str:
 COUNT_COMMAND: str = count_command()
 
 
-def count_other_sessions(output: str) -> int:
+def count_other_sessions(output: str, also_ours: Sequence[tuple[str, int]] = ()) -> int:
     """Established connections to our sshd endpoint, minus our own, from `COUNT_COMMAND`'s output.
+    `also_ours`: our other connections, as the bastion saw them (the data plane's ssh master).
 
     Raises ValueError saying what is wrong (and nothing else, whatever `output` holds): no
     SSH_CONNECTION, no connection listing, an unreadable line, or a listing that lacks our own
@@ -96,7 +97,9 @@ def count_other_sessions(output: str) -> int:
         raise ValueError(f"our own connection {_show(client)} → {_show(server)} is not among the "
                          f"{len(connections)} established connections listed, so the listing "
                          "cannot be trusted (another network namespace?)")
-    return sum(1 for peer in peers if peer != client)
+    ours = {client, *((_address(host, "our ssh master"), port) for host, port in also_ours
+                      if host and port)}
+    return sum(1 for peer in peers if peer not in ours)
 
 
 # -- output structure -----------------------------------------------------------------------

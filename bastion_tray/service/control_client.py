@@ -346,6 +346,31 @@ class ControlClient:
         sock.settimeout(None)
         return sock, reader.leftover()
 
+    def open_proxy(self, *, stdio: tuple[int, int] | None, on_event: EventCallback | None = None,
+                   **args: Any) -> tuple[socket.socket, bytes, bool]:
+        """A `proxy` request. With `stdio` (stdin, stdout) and a daemon whose ssh master carries
+        the bytes, the two descriptors are handed over: then (socket, b"", True) — the socket
+        closes when the stream ends. Otherwise (raw socket, first bytes, False), as `open_pipe`."""
+        can_pass = stdio is not None and hasattr(socket, "send_fds") and isinstance(
+            self.transport, UnixSocketTransport)
+        sock, reader = self._open("proxy", {**args, "stdio": can_pass})
+        try:
+            ok = self._final_reply("proxy", sock, reader, on_event, None)
+            if ok.get("stdio") != "send" or stdio is None:
+                sock.settimeout(None)
+                return sock, reader.leftover(), False
+            socket.send_fds(sock, [b"F"], list(stdio))
+            line = reader.read_line()
+            reply = _parse_reply(line, "proxy") if line is not None else {}
+            if "handed" not in reply:
+                raise (_error_from_reply(reply, "proxy") if reply else DaemonError(
+                    "the daemon closed the proxy before the stream started"))
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock, b"", True
+
     def close(self) -> None:
         """Close every open subscription (their iterators end)."""
         for sub in list(self._subscriptions):

@@ -19,8 +19,24 @@ class BastionLink(Protocol):
     @property
     def alive(self) -> bool: ...
 
+    @property
+    def data_plane(self) -> str:
+        """What carries forwarded bytes now: "openssh" (an ssh master) or "paramiko"."""
+        ...
+
     def open_channel(self, host: str, port: int,
                      origin: tuple[str, int] = ("127.0.0.1", 0)) -> Any: ...
+
+    def stream(self, host: str, port: int, sock: Any,
+               origin: tuple[str, int] = ("127.0.0.1", 0)) -> Any:
+        """What a forward's accepted `sock` goes through: something that `adopt`s it (the ssh
+        master carries it) or a channel for the relay."""
+        ...
+
+    def stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> Any:
+        """A `proxy` client's stdio carried by the ssh master (closed when it ends: `fileno()`
+        turns readable); None when there is no master — then `open_channel` and a pipe."""
+        ...
 
     def run(self, command: str, timeout: float) -> str:
         """Run a command on the bastion over this link; its stdout."""
@@ -89,7 +105,7 @@ class Adapters(Protocol):
         """An authenticated, host-key-checked link to the bastion."""
         ...
 
-    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Channel],
+    def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int], Any], Channel],
                 profile: str, on_change: Callable[[], None]) -> Listener:
         """A listener for one forward, not yet started."""
         ...
@@ -97,6 +113,11 @@ class Adapters(Protocol):
     def pipe(self, sock: Any, leftover: bytes, channel: Any,
              on_closed: Callable[[], None]) -> Pipe:
         """Pump bytes both ways between a local socket and a channel."""
+        ...
+
+    def watch_stdio(self, stream: Any, client: Any, on_closed: Callable[[], None]) -> Pipe:
+        """Wait for a `proxy` stream the ssh master carries to end (or its `client`, the
+        control connection, to go away); then close both and call `on_closed`."""
         ...
 
     def dial(self, host: str, port: int) -> Any:

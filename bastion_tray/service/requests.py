@@ -6,21 +6,27 @@ to the client while they wait, so the CLI and the tray can show "waiting for SSH
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bastion_tray.core.durations import KEEP_LIMIT, parse_bounded_duration
-from bastion_tray.core.errors import BastionTrayError, UsageError
+from bastion_tray.core.errors import BastionTrayError, SSHError, UsageError
 from bastion_tray.core.trust import normalize_fingerprint
 from bastion_tray.service import trusting
 from bastion_tray.service.control import Request
+from bastion_tray.service.control_client import encode_line
 from bastion_tray.service.events import EventBus
 from bastion_tray.service.runtime import ProfileRuntime
 
 log = logging.getLogger("bastion_tray.daemon")
+
+STDIO_FDS_TIMEOUT = 10.0  # a proxy client that asked to pass its stdio sends it at once
 
 PROGRESS_TYPES = {"progress", "ready", "error", "instance"}
 
@@ -110,6 +116,11 @@ class Handlers:
             raise UsageError(f"host must be a name or address, got {host!r:.60}")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise UsageError(f"port must be 1–65535, got {port!r:.60}")
+        if host != "@bastion" and req.args.get("stdio") is True and hasattr(socket, "recv_fds"):
+            link = self._with_progress(req, rt, rt.ensure_link)
+            if link.data_plane == "openssh":
+                self._proxy_stdio(req, rt, host, port)
+                return
         channel = self._with_progress(req, rt, lambda: rt.proxy(host, port))
         rt.session_opened()
         try:
@@ -120,6 +131,43 @@ class Handlers:
             rt.session_closed()
             raise
         rt.adapters.pipe(sock, leftover, channel, rt.session_closed)
+
+    def _proxy_stdio(self, req: Request, rt: ProfileRuntime, host: str, port: int) -> None:
+        """The proxy client's stdin/stdout go to the ssh master, which carries the bytes: ask
+        for the two descriptors, hand them over, say so, and count the session until the
+        master closes the stream (or the client goes away)."""
+        req.reply_ok({"profile": rt.name, "host": host, "port": port, "stdio": "send"})
+        sock, _ = req.detach()
+        fds: list[int] = []
+        try:
+            sock.settimeout(STDIO_FDS_TIMEOUT)
+            _, fds, _, _ = socket.recv_fds(sock, 16, 2)
+            if len(fds) != 2:
+                raise UsageError(f"proxy: expected 2 descriptors (stdin, stdout), got {len(fds)}")
+            stream = rt.open_stdio(host, port, fds[0], fds[1])
+            if stream is None:
+                raise SSHError("the ssh master went away while the proxy was being set up",
+                               hint="run the command again")
+        except (BastionTrayError, OSError) as exc:
+            error = exc if isinstance(exc, BastionTrayError) else SSHError(
+                f"proxy: the client's descriptors did not arrive: {exc}")
+            with contextlib.suppress(OSError):
+                sock.sendall(encode_line({"error": {"kind": error.kind, "message": error.message,
+                                                    "hint": error.hint}}))
+            sock.close()
+            return
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # the master holds its own copies now
+        rt.session_opened()
+        log.info("%s proxy to %s:%d handed to the ssh master", rt.ctx, host, port)
+        try:
+            sock.settimeout(None)
+            sock.sendall(encode_line({"handed": {"host": host, "port": port}}))
+        except OSError:
+            pass  # the client is gone already: the watch ends the stream at once
+        rt.adapters.watch_stdio(stream, sock, rt.session_closed)
 
     def op_stop(self, req: Request) -> None:
         rt = self.runtime(req.args.get("profile"))

@@ -275,7 +275,11 @@ class ProfileRuntime:
         with self._lock:
             forwards = dict(self.forwards)
             sessions = self.sessions
-        return profile_snapshot(self.state, self.profile, forwards, sessions, self.clock())
+            link = self._link
+        snap = profile_snapshot(self.state, self.profile, forwards, sessions, self.clock())
+        snap["bastion"]["data_plane"] = link.data_plane if link is not None and link.alive \
+            else None
+        return snap
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -319,12 +323,23 @@ class ProfileRuntime:
         return link
 
     def open_channel(self, host: str, port: int, origin: tuple[str, int],
-                     timeout: float | None = None) -> Any:
-        """A channel to host:port through the bastion; one retry on a link that just died."""
+                     timeout: float | None = None, sock: Any = None) -> Any:
+        """A channel to host:port through the bastion — or, given the accepted `sock`, what
+        carries it (the ssh master: see BastionLink.stream); one retry on a link that just
+        died."""
+        return self._on_link(lambda link: link.stream(host, port, sock, origin)
+                             if sock is not None else link.open_channel(host, port, origin),
+                             timeout)
+
+    def open_stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> Any:
+        """A `proxy` stream between two descriptors carried by the ssh master, or None."""
+        return self._on_link(lambda link: link.stdio(host, port, fd_in, fd_out), None)
+
+    def _on_link(self, use: Callable[[BastionLink], Any], timeout: float | None) -> Any:
         for attempt in (1, 2):
             link = self.ensure_link(timeout)
             try:
-                return link.open_channel(host, port, origin)
+                return use(link)
             except BastionTrayError:
                 if attempt == 2 or link.alive:
                     raise
@@ -355,9 +370,9 @@ class ProfileRuntime:
         if existing is not None and existing.listening:
             return existing
 
-        def connector(origin: tuple[str, int]) -> Any:
+        def connector(origin: tuple[str, int], sock: Any = None) -> Any:
             return self.open_channel(cfg.remote_host, cfg.remote_port, origin,
-                                     timeout=self.settings.lazy_wait)
+                                     timeout=self.settings.lazy_wait, sock=sock)
 
         listener = self.adapters.forward(cfg, connector, self.name, self._activity_changed)
         listener.start()

@@ -144,6 +144,14 @@ class FakeLink:
         self.alive = True
         self.closed = False
         self.channels: list[FakeChannel] = []
+        self.data_plane = "paramiko"
+
+    def stream(self, host: str, port: int, sock: Any,
+               origin: tuple[str, int] = ("127.0.0.1", 0)) -> FakeChannel:
+        return self.open_channel(host, port, origin)
+
+    def stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> None:
+        return None
 
     def open_channel(self, host: str, port: int,
                      origin: tuple[str, int] = ("127.0.0.1", 0)) -> FakeChannel:
@@ -259,6 +267,9 @@ class FakeAdapters:
 
     def dial(self, host: str, port: int) -> Any:
         return FakeChannel(host, port)
+
+    def watch_stdio(self, stream: Any, client: Any, on_closed: Callable[[], None]) -> Any:
+        raise NotImplementedError("no ssh masters in the in-process tests")
 
     def fetch_host_key(self, host: str, port: int, via: Any = None) -> tuple[str, str]:
         self.fetched.append((host, port, via))

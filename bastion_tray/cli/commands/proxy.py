@@ -61,8 +61,29 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"port must be 1–65535, got {args.port}")
     progress = session.ProgressPrinter()
     client = session.connect(config)
-    sock, leftover = client.open_pipe("proxy", profile=profile.name, host=host, port=args.port,
-                                      on_event=progress)
+    stdio = (sys.stdin.fileno(), sys.stdout.fileno())
+    sock, leftover, handed = client.open_proxy(profile=profile.name, host=host, port=args.port,
+                                               on_event=progress, stdio=stdio)
     progress.done()
-    pump_stdio(sock, leftover)
+    if handed:
+        wait_handed(sock, stdio)
+    else:
+        pump_stdio(sock, leftover)
     return 0
+
+
+def wait_handed(sock: socket.socket, stdio: tuple[int, int]) -> None:
+    """The daemon's ssh master carries our stdin/stdout now: let go of them (so ssh sees EOF
+    when the master closes them) and stay until the daemon says the stream ended — ssh treats
+    the ProxyCommand's exit as the end of the connection."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in stdio:
+        os.dup2(null, fd)
+    os.close(null)
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()

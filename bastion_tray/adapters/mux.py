@@ -1,0 +1,469 @@
+"""OpenSSH as the data plane: one `ssh` ControlMaster per link, fed accepted sockets by descriptor.
+
+Each local connection of a forward (and each `proxy`'s stdio) is handed to the master with the
+mux protocol's `MUX_C_NEW_STDIO_FWD` (PROTOCOL.mux), the descriptors passed with SCM_RIGHTS, so
+its bytes move in OpenSSH's C loop, not in Python. One mux connection carries one stream: the
+master closes it when the stream's channel closes, which is how the daemon counts it out.
+
+The master runs `echo bastion-tray-master $SSH_CONNECTION; exec cat` as its own session: the
+line says it authenticated and names its TCP endpoint as the bastion sees it (so the session
+count can leave it out), an exec session makes sshd set TCP_NODELAY (so a server that speaks
+first — MySQL — is not held back 40 ms by Nagle and a delayed ACK), and `cat` on a pipe that only
+this process holds ends the session, and with it the master, if the daemon dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bastion_tray.adapters.relay import RelayStats
+from bastion_tray.core.errors import SSHError
+from bastion_tray.core.netguard import check_address
+
+log = logging.getLogger(__name__)
+
+HELLO, NEW_STDIO_FWD = 0x00000001, 0x10000008
+S_PERMISSION_DENIED, S_FAILURE, S_SESSION_OPENED = 0x80000002, 0x80000003, 0x80000006
+MUX_VERSION = 4
+READY_MARK = "bastion-tray-master"
+START_TIMEOUT = 20.0
+MAX_MESSAGE = 256 * 1024
+
+
+def unsupported_reason(ssh: str | None = None) -> str | None:
+    """Why OpenSSH cannot be the data plane here; None when it can (POSIX, `ssh` on PATH, fd
+    passing). Windows' OpenSSH has no ControlMaster: paramiko carries the bytes there."""
+    if os.name != "posix" or not hasattr(socket, "send_fds"):
+        return "this platform cannot pass descriptors to an ssh ControlMaster"
+    if (ssh or shutil.which("ssh")) is None:
+        return "no `ssh` (OpenSSH client) on PATH"
+    return None
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _message(kind: int, body: bytes) -> bytes:
+    payload = struct.pack(">I", kind) + body
+    return struct.pack(">I", len(payload)) + payload
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(left)
+        if not chunk:
+            raise EOFError("the ssh master closed the mux connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_message(sock: socket.socket) -> tuple[int, bytes]:
+    (length,) = struct.unpack(">I", _read_exact(sock, 4))
+    if not 4 <= length <= MAX_MESSAGE:
+        raise EOFError(f"the ssh master sent a mux message of {length} bytes")
+    payload = _read_exact(sock, length)
+    return struct.unpack(">I", payload[:4])[0], payload[4:]
+
+
+def _reason(body: bytes) -> str:
+    """The reason string of a MUX_S_FAILURE / PERMISSION_DENIED body (after the request id)."""
+    if len(body) < 8:
+        return "no reason given"
+    (size,) = struct.unpack(">I", body[4:8])
+    return body[8:8 + size].decode("utf-8", "replace") or "no reason given"
+
+
+class MuxStream:
+    """One stream the master carries: its mux connection, readable (EOF) once it is over."""
+
+    def __init__(self, control: socket.socket, description: str) -> None:
+        self.control = control
+        self.description = description
+
+    def fileno(self) -> int:
+        return self.control.fileno()
+
+    def close(self) -> None:
+        """End the stream: the master closes its channel when the mux connection goes."""
+        with contextlib.suppress(OSError):
+            self.control.close()
+
+
+class MuxMaster:
+    """An `ssh -M` process connected to the bastion. `stdio_forward()` hands it descriptors;
+    `close()` ends it (and every stream it carries)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], workdir: Path, endpoint: tuple[str, int],
+                 context: str) -> None:
+        self._proc, self._workdir, self._context = proc, workdir, context
+        self.control_path = workdir / "c"
+        self.endpoint = endpoint  # our end of the master's TCP connection, as the bastion sees it
+        self._closed = False
+        self._stderr: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True,
+                         name=f"ssh-master-stderr{context}").start()
+
+    @classmethod
+    def start(cls, *, host: str, port: int, user: str, known_host_line: str, alias: str,
+              agent_socket: Path | None, keepalive_interval: float, context: str = "",
+              timeout: float = START_TIMEOUT, ssh: str = "ssh") -> MuxMaster:
+        """Connect and authenticate a master; raise SSHError (with ssh's own words) when it
+        cannot. `known_host_line` (`type base64`) is the only key it accepts: the one the
+        daemon's own link verified."""
+        check_address(host, "an ssh master")
+        workdir = Path(tempfile.mkdtemp(prefix="bt-mux-"))  # short: sun_path has ~104 bytes
+        known_hosts = workdir / "known_hosts"
+        known_hosts.write_text(f"{alias} {known_host_line}\n")
+        known_hosts.chmod(0o600)
+        argv = [ssh, "-F", "none", "-M", "-S", str(workdir / "c"), "-T", "-e", "none",
+                "-p", str(port), "-l", user,
+                "-o", "ControlPersist=no", "-o", "BatchMode=yes",
+                "-o", f"HostKeyAlias={alias}", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+                "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",
+                "-o", f"ServerAliveInterval={max(1, int(keepalive_interval))}",
+                "-o", "ServerAliveCountMax=3", "-o", f"ConnectTimeout={int(timeout)}",
+                "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
+                "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+                "-o", "LogLevel=ERROR"]
+        if agent_socket is not None:
+            argv += ["-o", f"IdentityAgent={agent_socket}"]
+        argv += [host, f"echo {READY_MARK} $SSH_CONNECTION; exec cat"]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise SSHError(f"cannot run ssh for the data plane: {exc}") from None
+        try:
+            endpoint = cls._wait_ready(proc, workdir / "c", timeout)
+        except BaseException:
+            _end(proc)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return cls(proc, workdir, endpoint, context)
+
+    @staticmethod
+    def _wait_ready(proc: subprocess.Popen[bytes], control: Path,
+                    timeout: float) -> tuple[str, int]:
+        assert proc.stdout is not None and proc.stderr is not None
+        found: list[bytes] = []
+        reader = threading.Thread(target=lambda: found.append(proc.stdout.readline())  # type: ignore[union-attr]
+                                  , daemon=True)
+        reader.start()
+        reader.join(timeout)
+        line = found[0].decode("utf-8", "replace").split() if found else []
+        if not line or line[0] != READY_MARK:
+            _end(proc)
+            why = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            detail = why[-1] if why else (f"no answer in {timeout:.0f} s" if not found
+                                          else f"it said {' '.join(line)[:120]!r}")
+            raise SSHError(f"the ssh master to the bastion did not start: {detail}")
+        deadline = time.monotonic() + timeout
+        while not control.exists():  # ssh binds the socket before it runs the session
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SSHError("the ssh master to the bastion gave no control socket")
+            time.sleep(0.01)
+        try:
+            return line[1], int(line[2])
+        except (IndexError, ValueError):
+            return "", 0  # a shell that hides SSH_CONNECTION: the session count can't skip it
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def why_dead(self) -> str:
+        code = self._proc.poll()
+        said = self._stderr[-1] if self._stderr else ""
+        return f"ssh exited with {code}" + (f": {said}" if said else "")
+
+    def stdio_forward(self, host: str, port: int, fd_in: int, fd_out: int,
+                      timeout: float = 30.0) -> MuxStream:
+        """Have the master connect to host:port (as the bastion resolves it) and carry the
+        stream between those descriptors and it. Blocks until the bastion confirms the
+        channel; raises SSHError when it cannot be opened (the descriptors stay ours)."""
+        where = f"{host}:{port}"
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.settimeout(timeout)
+        try:
+            control.connect(str(self.control_path))
+            request = _message(NEW_STDIO_FWD, struct.pack(">I", 1) + _string(b"")
+                               + _string(host.encode()) + struct.pack(">I", port))
+            control.sendall(_message(HELLO, struct.pack(">I", MUX_VERSION)) + request)
+            socket.send_fds(control, [b"\0"], [fd_in])
+            socket.send_fds(control, [b"\0"], [fd_out])
+            kind, _ = _read_message(control)
+            if kind != HELLO:
+                raise EOFError(f"the ssh master answered {kind:#x} to hello")
+            kind, body = _read_message(control)
+        except (OSError, EOFError) as exc:
+            control.close()
+            state = "" if self.alive else f" ({self.why_dead()})"
+            raise SSHError(f"the ssh master could not carry a connection to {where}: "
+                           f"{exc or type(exc).__name__}{state}") from None
+        if kind == S_SESSION_OPENED:
+            control.settimeout(None)
+            return MuxStream(control, where)
+        control.close()
+        if kind in (S_FAILURE, S_PERMISSION_DENIED):
+            raise SSHError(f"the bastion could not open a connection to {where}: "
+                           f"{_reason(body)}",
+                           hint="check the host and port in the config, as the bastion "
+                                "resolves them, and that the target's security group admits "
+                                "the bastion")
+        raise SSHError(f"the ssh master answered {kind:#x} to a stdio forward to {where}")
+
+    def close(self) -> None:
+        """End the master and the streams it carries. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _end(self._proc)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        log.info("%s ssh master (pid %d) closed", self._context, self._proc.pid)
+
+    def _drain_stderr(self) -> None:
+        stream = self._proc.stderr
+        if stream is None:
+            return
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").strip()
+            if line:
+                self._stderr = [*self._stderr[-4:], line]
+                log.warning("%s ssh master: %s", self._context, line)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Close the session's stdin (cat ends: a clean exit), then terminate if it lingers."""
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=3)
+    for stream in (proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError):
+            if stream is not None:
+                stream.close()
+
+
+# -- byte counts of a handed-off TCP socket -------------------------------------------------
+
+_LINUX_TCP_INFO, _LINUX_ACKED, _LINUX_RECEIVED = 11, 120, 128
+_MAC_TCP_CONNECTION_INFO, _MAC_TX, _MAC_RX = 0x106, 64, 88
+
+
+def tcp_bytes(sock: socket.socket) -> tuple[int, int] | None:
+    """(bytes received from the peer, bytes sent and acked by it) of a TCP socket, from the
+    kernel: TCP_INFO (Linux) or TCP_CONNECTION_INFO (macOS). None where the kernel won't say."""
+    try:
+        if sys.platform.startswith("linux"):
+            raw = sock.getsockopt(socket.IPPROTO_TCP, _LINUX_TCP_INFO, 256)
+            if len(raw) >= _LINUX_RECEIVED + 8:
+                acked, received = struct.unpack_from("=QQ", raw, _LINUX_ACKED)
+                return int(received), int(acked)
+        elif sys.platform == "darwin":
+            raw = sock.getsockopt(socket.IPPROTO_TCP, _MAC_TCP_CONNECTION_INFO, 256)
+            if len(raw) >= _MAC_RX + 8:
+                (sent,) = struct.unpack_from("=Q", raw, _MAC_TX)
+                (received,) = struct.unpack_from("=Q", raw, _MAC_RX)
+                return int(received), int(sent)
+    except OSError:
+        return None
+    return None
+
+
+class MuxHandle:
+    """A stream handed to the master, as `MuxWatch.add` returns it: live `bytes_up` /
+    `bytes_down` (from the kernel, for a TCP socket), `close()`, `wait_closed()` — the shape of
+    the relay's handle, so a forward counts both the same way."""
+
+    def __init__(self, watch: MuxWatch, stream: MuxStream, sock: socket.socket | None,
+                 peer: socket.socket | None, on_closed: Callable[[RelayStats], None]) -> None:
+        self._watch, self.stream, self.sock, self.peer = watch, stream, sock, peer
+        self.on_closed = on_closed
+        self.started = time.monotonic()
+        self.final: tuple[int, int] | None = None
+        self.done = threading.Event()
+
+    def _counts(self) -> tuple[int, int]:
+        if self.final is not None:
+            return self.final
+        counted = tcp_bytes(self.sock) if self.sock is not None else None
+        return counted or (0, 0)
+
+    @property
+    def bytes_up(self) -> int:
+        return self._counts()[0]
+
+    @property
+    def bytes_down(self) -> int:
+        return self._counts()[1]
+
+    def close(self) -> None:
+        """End the stream now. Asynchronous: `on_closed` follows on the watch thread."""
+        self._watch.poke(self)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+
+class Handed:
+    """A stream the master carries for a forward's connection, not yet watched: `adopt()` gives
+    the socket to the watch (a forward's connector returns this instead of a channel)."""
+
+    def __init__(self, watch: MuxWatch, stream: MuxStream) -> None:
+        self._watch, self._stream = watch, stream
+
+    def adopt(self, sock: socket.socket, on_closed: Callable[[RelayStats], None]) -> MuxHandle:
+        return self._watch.add(self._stream, sock, on_closed)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class MuxWatch:
+    """One thread for the daemon that waits for handed-off streams to end: when the master
+    closes a stream's mux connection (or the `peer` socket — a `proxy` client — goes away), it
+    reads the final counts, closes our copy of the socket and reports the stream closed."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._incoming: list[MuxHandle] = []
+        self._to_close: list[MuxHandle] = []
+        self._open: set[MuxHandle] = set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mux-watch", daemon=True)
+        self._thread.start()
+
+    def add(self, stream: MuxStream, sock: socket.socket | None,
+            on_closed: Callable[[RelayStats], None],
+            peer: socket.socket | None = None) -> MuxHandle:
+        """Watch `stream`; `sock` (counted, closed at the end) and `peer` are ours to close."""
+        handle = MuxHandle(self, stream, sock, peer, on_closed)
+        with self._lock:
+            stopping = self._stopping
+            if not stopping:
+                self._incoming.append(handle)
+        if stopping:
+            self._finish(handle, "the daemon is closing")
+        else:
+            self._wake()
+        return handle
+
+    def poke(self, handle: MuxHandle) -> None:
+        with self._lock:
+            self._to_close.append(handle)
+        self._wake()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._stopping = True
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    incoming, self._incoming = self._incoming, []
+                    to_close, self._to_close = self._to_close, []
+                    stopping = self._stopping
+                for handle in incoming:
+                    self._open.add(handle)
+                    self._selector.register(handle.stream.control, selectors.EVENT_READ, handle)
+                    if handle.peer is not None:
+                        self._selector.register(handle.peer, selectors.EVENT_READ, handle)
+                for handle in to_close:
+                    self._finish(handle, "closed on request")
+                if stopping:
+                    break
+                for key, _ in self._selector.select():
+                    handle = key.data
+                    if handle is None:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    elif handle in self._open and _ended(key.fileobj):  # type: ignore[arg-type]
+                        self._finish(handle, "done")
+        except Exception:
+            log.exception("the mux watch crashed; closing every handed-off connection")
+        finally:
+            with self._lock:
+                self._stopping = True
+                leftovers, self._incoming = self._incoming, []
+            for handle in [*self._open, *leftovers]:
+                self._finish(handle, "the daemon is closing")
+            for thing in (self._selector, self._wake_r, self._wake_w):
+                with contextlib.suppress(Exception):
+                    thing.close()
+
+    def _finish(self, handle: MuxHandle, reason: str) -> None:
+        if handle.done.is_set() or handle.final is not None:
+            return
+        handle.final = handle._counts()
+        self._open.discard(handle)
+        for thing in (handle.stream.control, handle.peer):
+            if thing is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(thing)
+        handle.stream.close()
+        for sock in (handle.sock, handle.peer):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # the master may still hold a copy
+                with contextlib.suppress(OSError):
+                    sock.close()
+        up, down = handle.final
+        try:
+            handle.on_closed(RelayStats(up, down, time.monotonic() - handle.started, reason))
+        except Exception:
+            log.exception("on_closed callback failed")
+        finally:
+            handle.done.set()
+
+
+def _ended(sock: socket.socket) -> bool:
+    """The stream's mux connection (or the proxy client) said EOF or failed; a stray byte from
+    either is read and ignored."""
+    try:
+        return sock.recv(4096, socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
