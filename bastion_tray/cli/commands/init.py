@@ -22,17 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from bastion_tray.core import configwriter as cw
 from bastion_tray.core.config import Config, expand_path, load_config
 from bastion_tray.core.errors import BastionTrayError, CloudError, UsageError
 from bastion_tray.core.paths import config_path
 
-# discovery and iam_role are boto3: imported where init runs, never at the top, since every
-# command builds its parser with this module (tests/test_cli_startup.py keeps boto3 out)
+# Every command builds its parser with this module, so what only init uses is imported where
+# init uses it: discovery and iam_role are boto3 (~120 ms; tests/test_cli_startup.py keeps it
+# out of the other commands), configwriter ~2.5 ms of every command's start.
 if TYPE_CHECKING:
     from bastion_tray.adapters import discovery as dv
+    from bastion_tray.core import configwriter as cw
 
-Plan = TypeVar("Plan", cw.ForwardPlan, cw.HostPlan)
+Plan = TypeVar("Plan", "cw.ForwardPlan", "cw.HostPlan")
 # iam_role.DEFAULT_ROLE_NAME, spelled out for --help (tests/test_cli_startup.py checks both)
 BACKSTOP_ROLE_NAME = "bastion-tray-backstop"
 
@@ -109,6 +110,7 @@ class Prompter:
 
 def run(args: argparse.Namespace) -> int:
     from bastion_tray.adapters import discovery as dv
+    from bastion_tray.core import configwriter as cw
 
     path, source = config_path(args.config)
     existing = load_config(path, source) if path.exists() else None  # must be valid to add to
@@ -195,6 +197,8 @@ def _check_flags(args: argparse.Namespace, existing: Config | None) -> None:
 
 
 def _check_name(name: str, existing: Config | None, force: bool) -> None:
+    from bastion_tray.core import configwriter as cw
+
     if not cw.valid_name(name):
         raise UsageError(f"profile name {name!r}: expected letters, digits, '-', '_' or '.' "
                          "(it becomes part of ssh Host names)")
@@ -230,6 +234,8 @@ def _pick_bastion(inventory: dv.Inventory, wanted: str | None,
 
 def _profile_name(args: argparse.Namespace, bastion: dv.FoundInstance, existing: Config | None,
                   prompt: Prompter) -> str:
+    from bastion_tray.core import configwriter as cw
+
     if args.profile:
         return str(args.profile)
     default = cw.profile_name_for(bastion.name)
@@ -248,6 +254,8 @@ def _profile_name(args: argparse.Namespace, bastion: dv.FoundInstance, existing:
 
 def _forwards(inventory: dv.Inventory, bastion: dv.FoundInstance, specs: Sequence[cw.TargetSpec],
               taken: set[int]) -> list[cw.ForwardPlan]:
+    from bastion_tray.core import configwriter as cw
+
     plans = []
     if not specs:
         for other in inventory.databases:
@@ -281,6 +289,8 @@ def _forwards(inventory: dv.Inventory, bastion: dv.FoundInstance, specs: Sequenc
 
 def _hosts(inventory: dv.Inventory, bastion: dv.FoundInstance,
            specs: Sequence[cw.TargetSpec]) -> list[cw.HostPlan]:
+    from bastion_tray.core import configwriter as cw
+
     plans: list[cw.HostPlan] = []
     for spec in specs:  # an instance id or Name tag becomes its private IP; the rest stays
         found = [i for i in inventory.named(spec.target) if i.private_ip]
@@ -360,6 +370,8 @@ def _explain_missing_role(exc: CloudError, region: str, account: str | None, ins
 
 
 def _confirm(prompt: Prompter, what: str, plans: list[Plan], explicit: bool) -> list[Plan]:
+    from bastion_tray.core import configwriter as cw
+
     if not plans:
         print(f"{what}: none")
         return plans
