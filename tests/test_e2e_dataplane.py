@@ -152,3 +152,32 @@ def test_a_killed_daemon_leaves_no_ssh_master_behind(make_app: type[App]) -> Non
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(masters[0]), 15, "the orphaned ssh master to exit")
     time.sleep(0)  # nothing else to wait for: the master's session ended with its stdin
+
+
+def without_ssh(app: App, tmp_path: Path) -> None:
+    """A PATH with no `ssh` for the daemon the CLI starts."""
+    empty = tmp_path / "no-ssh-bin"
+    empty.mkdir()
+    app.env["PATH"] = str(empty)
+
+
+def test_auto_falls_back_to_paramiko_where_ssh_cannot_run_and_says_why(
+        make_app: type[App], tmp_path: Path) -> None:
+    app = make_app()
+    without_ssh(app, tmp_path)
+    port = connected(app)
+    assert app.status()["bastion"]["data_plane"] == "paramiko"
+    assert "forwarded bytes go through paramiko: no `ssh`" in app.log()
+    conn, version = query(port, app.sandbox)
+    assert "MariaDB" in version
+    conn.close()
+
+
+def test_data_plane_openssh_without_ssh_is_an_error_that_names_the_setting(
+        make_app: type[App], tmp_path: Path) -> None:
+    app = make_app(extra_settings={"data_plane": "openssh"})
+    without_ssh(app, tmp_path)
+    proc = app.cli("up", "foo", timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'data_plane = "openssh"' in proc.stderr and "no `ssh`" in proc.stderr
+    assert 'data_plane = "auto"' in proc.stderr  # what to do about it
