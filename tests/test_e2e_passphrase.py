@@ -44,6 +44,8 @@ def test_the_cli_asks_and_the_daemon_connects(app: App) -> None:
     assert code == 0, output + app.log()
     assert "wrong passphrase, try again" in output
     assert app.status()["bastion"]["ssh"] == "connected"
+    # the ssh master signed in with the decrypted key, lent from memory by the private agent
+    assert app.status()["bastion"]["data_plane"] == "openssh", app.log()
     assert SECRET not in app.log()
     assert not any(SECRET in p.read_text(errors="replace")
                    for p in app.home.rglob("*") if p.is_file())
