@@ -13,7 +13,8 @@ import paramiko
 import pytest
 
 from bastion_tray.adapters.agent import PrivateAgent
-from bastion_tray.adapters.mux import _reason, tcp_bytes
+from bastion_tray.adapters.mux import _reason
+from bastion_tray.adapters.muxwatch import tcp_bytes
 
 
 @pytest.fixture(params=["rsa", "ecdsa"])

@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from bastion_tray.adapters.agent import PrivateAgent
-from bastion_tray.adapters.mux import Handed, MuxMaster, MuxStream, MuxWatch, unsupported_reason
+from bastion_tray.adapters.mux import MuxMaster, MuxStream, unsupported_reason
+from bastion_tray.adapters.muxwatch import Handed, MuxWatch
 from bastion_tray.adapters.ssh import BastionConnection
 from bastion_tray.core.config import BastionConfig
 from bastion_tray.core.errors import SSHError

@@ -94,7 +94,7 @@ class RealAdapters:
 
     def _mux_watch(self) -> Any:
         if self._watch is None:
-            from bastion_tray.adapters.mux import MuxWatch
+            from bastion_tray.adapters.muxwatch import MuxWatch
 
             self._watch = MuxWatch()
         return self._watch
