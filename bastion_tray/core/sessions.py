@@ -92,7 +92,9 @@ def count_other_sessions(output: str, also_ours: Sequence[tuple[str, int]] = ())
     else:
         raise ValueError("the output has neither ss nor /proc/net/tcp output: the bastion could "
                          "not list its TCP connections")
-    peers = [peer for local, peer in connections if local == server]
+    # a set: /proc/net/tcp is read in pages while sockets come and go, so a busy machine can
+    # list one connection twice
+    peers = {peer for local, peer in connections if local == server}
     if client not in peers:
         raise ValueError(f"our own connection {_show(client)} → {_show(server)} is not among the "
                          f"{len(connections)} established connections listed, so the listing "
