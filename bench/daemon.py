@@ -11,6 +11,7 @@ Measures, against the sandbox:
 
 from __future__ import annotations
 
+import shutil
 import socket
 import statistics
 import subprocess
@@ -108,6 +109,7 @@ def measure_daemon(sandbox: Any, *, rounds: int, idle_window: float) -> DaemonRe
     finally:
         subprocess.run([sys.executable, "-m", "bastion_tray", "shutdown"], env=env,
                        capture_output=True, timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
     return results
 
 
