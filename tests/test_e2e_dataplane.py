@@ -181,3 +181,37 @@ def test_data_plane_openssh_without_ssh_is_an_error_that_names_the_setting(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert 'data_plane = "openssh"' in proc.stderr and "no `ssh`" in proc.stderr
     assert 'data_plane = "auto"' in proc.stderr  # what to do about it
+
+
+def test_hundreds_of_connections_opened_at_once_are_all_carried(make_app: type[App]) -> None:
+    """More at once than the master's control socket backlog (64): none may be dropped."""
+    import socketserver
+    import threading
+
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    socketserver.ThreadingTCPServer.request_queue_size = 1024
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo) as echo:
+        echo.daemon_threads = True
+        threading.Thread(target=echo.serve_forever, daemon=True).start()
+        app = make_app()
+        local = free_port()
+        with app.config.open("a") as config:
+            config.write(f'\n[profiles.foo.forwards.echo]\nlocal_port = {local}\n'
+                         f'remote_host = "127.0.0.1"\nremote_port = {echo.server_address[1]}\n')
+        connected(app)
+        app.cli("connect", "foo", "echo", check=True)
+        clients = [socket.create_connection(("127.0.0.1", local), timeout=30)
+                   for _ in range(300)]
+        try:
+            for i, client in enumerate(clients):
+                client.sendall(f"ping {i}\n".encode())
+            answers = [client.makefile("rb").readline() for client in clients]
+            assert answers == [f"ping {i}\n".encode() for i in range(300)], app.log()[-2000:]
+            assert app.status()["bastion"]["data_plane"] == "openssh"
+        finally:
+            for client in clients:
+                client.close()
+            echo.shutdown()

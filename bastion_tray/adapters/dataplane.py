@@ -16,7 +16,7 @@ from typing import Any
 from bastion_tray.adapters.agent import PrivateAgent
 from bastion_tray.adapters.mux import MuxMaster, MuxStream, unsupported_reason
 from bastion_tray.adapters.muxwatch import Handed, MuxWatch
-from bastion_tray.adapters.ssh import BastionConnection
+from bastion_tray.adapters.ssh import FAST_CIPHERS, BastionConnection
 from bastion_tray.core.config import BastionConfig
 from bastion_tray.core.errors import SSHError
 from bastion_tray.core.trust import bastion_alias
@@ -24,6 +24,7 @@ from bastion_tray.core.trust import bastion_alias
 log = logging.getLogger(__name__)
 
 RESTART_AFTER = 30.0  # seconds between attempts to bring a dead master back
+MASTER_CIPHERS = (*FAST_CIPHERS, "chacha20-poly1305@openssh.com")  # the link's order, then ssh's
 
 
 class DataPlaneLink:
@@ -75,7 +76,8 @@ class DataPlaneLink:
                 known_host_line=f"{conn.server_key.get_name()} {conn.server_key.get_base64()}",
                 alias=bastion_alias(conn.profile),
                 agent_socket=agent.path if agent is not None else None,
-                keepalive_interval=self._keepalive, context=self._context)
+                keepalive_interval=self._keepalive, ciphers=MASTER_CIPHERS,
+                context=self._context)
         except BaseException:
             if agent is not None:
                 agent.close()

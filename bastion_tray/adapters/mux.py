@@ -118,7 +118,8 @@ class MuxMaster:
 
     @classmethod
     def start(cls, *, host: str, port: int, user: str, known_host_line: str, alias: str,
-              agent_socket: Path | None, keepalive_interval: float, context: str = "",
+              agent_socket: Path | None, keepalive_interval: float,
+              ciphers: tuple[str, ...] = (), context: str = "",
               timeout: float = START_TIMEOUT, ssh: str = "ssh") -> MuxMaster:
         """Connect and authenticate a master; raise SSHError (with ssh's own words) when it
         cannot. `known_host_line` (`type base64`) is the only key it accepts: the one the
@@ -141,6 +142,8 @@ class MuxMaster:
                 "-o", "LogLevel=ERROR"]
         if agent_socket is not None:
             argv += ["-o", f"IdentityAgent={agent_socket}"]
+        if ciphers:  # OpenSSH's own order puts chacha20 first: slower where AES is in hardware
+            argv += ["-o", f"Ciphers={','.join(ciphers)}"]
         argv += [host, f"echo {READY_MARK} $SSH_CONNECTION; exec cat"]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -204,7 +207,7 @@ class MuxMaster:
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         control.settimeout(timeout)
         try:
-            control.connect(str(self.control_path))
+            _connect_unix(control, str(self.control_path), timeout)
             request = _message(NEW_STDIO_FWD, struct.pack(">I", 1) + _string(b"")
                                + _string(host.encode()) + struct.pack(">I", port))
             control.sendall(_message(HELLO, struct.pack(">I", MUX_VERSION)) + request)
@@ -249,6 +252,22 @@ class MuxMaster:
             if line:
                 self._stderr = [*self._stderr[-4:], line]
                 log.warning("%s ssh master: %s", self._context, line)
+
+
+def _connect_unix(sock: socket.socket, path: str, timeout: float) -> None:
+    """connect() that waits for room in the listener's backlog (ssh listens with 64): with a
+    timeout set, Linux answers a full backlog with EAGAIN at once instead of waiting."""
+    deadline, pause = time.monotonic() + timeout, 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ssh master's control socket is full for {timeout:g} s"
+                                   ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
