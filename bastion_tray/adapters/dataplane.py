@@ -134,6 +134,18 @@ class DataPlaneLink:
                     self._lost_master(master)
         return self.conn.open_channel(host, port, origin)
 
+    def stream_now(self, host: str, port: int, sock: socket.socket) -> Handed | None:
+        """The fast path, on the accept thread: hand `sock` to a live master without waiting
+        for its answer (the watch reads it). None when that can't be done at once."""
+        master = self._master
+        if master is None or not master.alive:
+            return None
+        fd = sock.fileno()
+        try:
+            return Handed(self._watch, master.begin_stdio_forward(host, port, fd, fd))
+        except (BlockingIOError, SSHError):
+            return None  # the slow path waits for room, or learns what is wrong
+
     def stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> MuxStream | None:
         """A `proxy` stream between two descriptors, carried by the master; None without one."""
         master = self._usable_master()

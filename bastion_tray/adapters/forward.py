@@ -58,9 +58,11 @@ class Forward:
     `on_change` runs on the forward's and the relay's threads: keep it short and thread-safe."""
 
     def __init__(self, config: ForwardConfig, connector: Connector, relay: Relay, *,
-                 profile: str, on_change: Callable[[], None] | None = None) -> None:
+                 profile: str, on_change: Callable[[], None] | None = None,
+                 fast: Connector | None = None) -> None:
         self.config = config
         self._connector, self._relay, self._on_change = connector, relay, on_change
+        self._fast = fast  # on the accept thread: something that adopts the socket, or None
         self._profile = profile  # for the names in messages
         self._context = f"[profile={profile} fwd={config.name}]"
         self._lock = threading.Lock()  # guards every field below that changes
@@ -217,6 +219,8 @@ class Forward:
         with contextlib.suppress(OSError):  # a client that already reset fails later, quietly
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _Conn(sock, peer)
+        if self._fast is not None and self._hand_over_now(conn):
+            return
         worker = None
         with self._lock:
             self._conns.add(conn)
@@ -231,6 +235,30 @@ class Forward:
         self._notify()
         if worker is not None:
             worker.start()
+
+    def _hand_over_now(self, conn: _Conn) -> bool:
+        """The fast path: the link is up and its ssh master takes the socket at once, with no
+        worker thread in between (a client that speaks first waits for nothing of ours)."""
+        assert self._fast is not None
+        try:
+            handed = self._fast(conn.peer, conn.sock)
+        except Exception:  # never fatal: the worker's path says what is wrong
+            log.debug("%s fast path failed", self._context, exc_info=True)
+            handed = None
+        if handed is None:
+            return False
+        with self._lock:
+            self._conns.add(conn)
+            self._total += 1
+            conn.relayed = True
+        self._notify()
+        handle = handed.adopt(conn.sock, lambda stats: self._relayed(conn, stats))
+        with self._lock:
+            conn.handle = handle
+            cancelled = conn.cancelled
+        if cancelled:  # close_connections() came while we adopted it
+            handle.close()
+        return True
 
     def _work(self) -> None:
         try:

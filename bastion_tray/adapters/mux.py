@@ -86,12 +86,24 @@ def _reason(body: bytes) -> str:
     return body[8:8 + size].decode("utf-8", "replace") or "no reason given"
 
 
-class MuxStream:
-    """One stream the master carries: its mux connection, readable (EOF) once it is over."""
+def refusal(where: str, kind: int, body: bytes) -> SSHError:
+    """The error for a master's answer other than MUX_S_SESSION_OPENED."""
+    if kind in (S_FAILURE, S_PERMISSION_DENIED):
+        return SSHError(f"the bastion could not open a connection to {where}: {_reason(body)}",
+                        hint="check the host and port in the config, as the bastion resolves "
+                             "them, and that the target's security group admits the bastion")
+    return SSHError(f"the ssh master answered {kind:#x} to a stdio forward to {where}")
 
-    def __init__(self, control: socket.socket, description: str) -> None:
+
+class MuxStream:
+    """One stream the master carries: its mux connection, readable (EOF) once it is over.
+    `opened` False: the master's hello and answer are still to be read (see muxwatch.py)."""
+
+    def __init__(self, control: socket.socket, description: str, *, opened: bool) -> None:
         self.control = control
         self.description = description
+        self.opened = opened
+        self.pending = b""  # bytes of the master's answers read so far, not yet a message
 
     def fileno(self) -> int:
         return self.control.fileno()
@@ -208,31 +220,52 @@ class MuxMaster:
         control.settimeout(timeout)
         try:
             _connect_unix(control, str(self.control_path), timeout)
-            request = _message(NEW_STDIO_FWD, struct.pack(">I", 1) + _string(b"")
-                               + _string(host.encode()) + struct.pack(">I", port))
-            control.sendall(_message(HELLO, struct.pack(">I", MUX_VERSION)) + request)
-            socket.send_fds(control, [b"\0"], [fd_in])
-            socket.send_fds(control, [b"\0"], [fd_out])
+            self._request(control, host, port, fd_in, fd_out)
             kind, _ = _read_message(control)
             if kind != HELLO:
                 raise EOFError(f"the ssh master answered {kind:#x} to hello")
             kind, body = _read_message(control)
         except (OSError, EOFError) as exc:
             control.close()
-            state = "" if self.alive else f" ({self.why_dead()})"
-            raise SSHError(f"the ssh master could not carry a connection to {where}: "
-                           f"{exc or type(exc).__name__}{state}") from None
+            raise self._carry_error(where, exc) from None
         if kind == S_SESSION_OPENED:
             control.settimeout(None)
-            return MuxStream(control, where)
+            return MuxStream(control, where, opened=True)
         control.close()
-        if kind in (S_FAILURE, S_PERMISSION_DENIED):
-            raise SSHError(f"the bastion could not open a connection to {where}: "
-                           f"{_reason(body)}",
-                           hint="check the host and port in the config, as the bastion "
-                                "resolves them, and that the target's security group admits "
-                                "the bastion")
-        raise SSHError(f"the ssh master answered {kind:#x} to a stdio forward to {where}")
+        raise refusal(where, kind, body)
+
+    def begin_stdio_forward(self, host: str, port: int, fd_in: int, fd_out: int) -> MuxStream:
+        """`stdio_forward` without waiting: the request and descriptors are sent, the master's
+        answer is read by whoever watches the stream (muxwatch.py). Never blocks: BlockingIOError
+        when the master's control socket is full (then wait with `stdio_forward`)."""
+        where = f"{host}:{port}"
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.setblocking(False)
+        try:
+            control.connect(str(self.control_path))
+            control.settimeout(1.0)  # a fresh unix socket takes these few bytes at once
+            self._request(control, host, port, fd_in, fd_out)
+            control.setblocking(False)
+        except BlockingIOError:
+            control.close()
+            raise
+        except OSError as exc:
+            control.close()
+            raise self._carry_error(where, exc) from None
+        return MuxStream(control, where, opened=False)
+
+    @staticmethod
+    def _request(control: socket.socket, host: str, port: int, fd_in: int, fd_out: int) -> None:
+        request = _message(NEW_STDIO_FWD, struct.pack(">I", 1) + _string(b"")
+                           + _string(host.encode()) + struct.pack(">I", port))
+        control.sendall(_message(HELLO, struct.pack(">I", MUX_VERSION)) + request)
+        socket.send_fds(control, [b"\0"], [fd_in])
+        socket.send_fds(control, [b"\0"], [fd_out])
+
+    def _carry_error(self, where: str, exc: BaseException) -> SSHError:
+        state = "" if self.alive else f" ({self.why_dead()})"
+        return SSHError(f"the ssh master could not carry a connection to {where}: "
+                        f"{exc or type(exc).__name__}{state}")
 
     def close(self) -> None:
         """End the master and the streams it carries. Idempotent."""

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from bastion_tray.adapters.mux import MuxStream
+from bastion_tray.adapters.mux import HELLO, S_SESSION_OPENED, MuxStream, refusal
 from bastion_tray.adapters.relay import RelayStats
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,13 @@ class MuxWatch:
                     if handle is None:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(4096)
-                    elif handle in self._open and _ended(key.fileobj):  # type: ignore[arg-type]
-                        self._finish(handle, "done")
+                    elif handle in self._open:
+                        ended = (_answers(handle.stream) if key.fileobj is handle.stream.control
+                                 and not handle.stream.opened else None)
+                        if ended is None and _ended(key.fileobj):  # type: ignore[arg-type]
+                            ended = "done"
+                        if ended:
+                            self._finish(handle, ended)
         except Exception:
             log.exception("the mux watch crashed; closing every handed-off connection")
         finally:
@@ -202,6 +207,36 @@ class MuxWatch:
             log.exception("on_closed callback failed")
         finally:
             handle.done.set()
+
+
+def _answers(stream: MuxStream) -> str | None:
+    """Read the master's hello and answer to a stream begun without waiting; None while it is
+    (or once it is) open, else why it ended — a refusal is logged as a warning here."""
+    try:
+        data = stream.control.recv(4096, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as exc:
+        data, failure = b"", f"the ssh master dropped the stream: {exc}"
+    else:
+        failure = "the ssh master closed the stream before it opened"
+    if not data:
+        log.warning("connection to %s closed: %s", stream.description, failure)
+        return failure
+    stream.pending += data
+    while len(stream.pending) >= 8 and not stream.opened:
+        (length,) = struct.unpack(">I", stream.pending[:4])
+        if len(stream.pending) < 4 + length:
+            return None
+        payload, stream.pending = stream.pending[4:4 + length], stream.pending[4 + length:]
+        kind = struct.unpack(">I", payload[:4])[0] if length >= 4 else 0
+        if kind == S_SESSION_OPENED:
+            stream.opened = True
+        elif kind != HELLO:
+            error = refusal(stream.description, kind, payload[4:])
+            log.warning("connection to %s closed: %s", stream.description, error.message)
+            return error.message
+    return None
 
 
 def _ended(sock: socket.socket) -> bool:

@@ -106,10 +106,12 @@ class RealAdapters:
             self._secrets[path] = secret
 
     def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int], Any], Channel],
-                profile: str, on_change: Callable[[], None]) -> Listener:
+                profile: str, on_change: Callable[[], None],
+                fast: Callable[[tuple[str, int], Any], Any] | None = None) -> Listener:
         from bastion_tray.adapters.forward import Forward
 
-        return Forward(cfg, connector, self._relay, profile=profile, on_change=on_change)
+        return Forward(cfg, connector, self._relay, profile=profile, on_change=on_change,
+                       fast=fast)
 
     def pipe(self, sock: Any, leftover: bytes, channel: Any,
              on_closed: Callable[[], None]) -> Pipe:

@@ -33,6 +33,11 @@ class BastionLink(Protocol):
         master carries it) or a channel for the relay."""
         ...
 
+    def stream_now(self, host: str, port: int, sock: Any) -> Any:
+        """`stream` without waiting, from the accept thread: something that adopts `sock`
+        when the link's ssh master can take it at once, else None (then `stream`)."""
+        ...
+
     def stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> Any:
         """A `proxy` client's stdio carried by the ssh master (closed when it ends: `fileno()`
         turns readable); None when there is no master — then `open_channel` and a pipe."""
@@ -106,8 +111,10 @@ class Adapters(Protocol):
         ...
 
     def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int], Any], Channel],
-                profile: str, on_change: Callable[[], None]) -> Listener:
-        """A listener for one forward, not yet started."""
+                profile: str, on_change: Callable[[], None],
+                fast: Callable[[tuple[str, int], Any], Any] | None = None) -> Listener:
+        """A listener for one forward, not yet started; `fast` is tried on the accept thread
+        before the connector (see BastionLink.stream_now)."""
         ...
 
     def pipe(self, sock: Any, leftover: bytes, channel: Any,

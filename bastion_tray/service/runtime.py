@@ -374,7 +374,18 @@ class ProfileRuntime:
             return self.open_channel(cfg.remote_host, cfg.remote_port, origin,
                                      timeout=self.settings.lazy_wait, sock=sock)
 
-        listener = self.adapters.forward(cfg, connector, self.name, self._activity_changed)
+        def fast(origin: tuple[str, int], sock: Any) -> Any:
+            """On the accept thread: the link is up and can take the socket now, or None."""
+            state = self.state
+            if state.link is not lc.Link.UP or state.phase is not lc.Phase.IDLE:
+                return None
+            with self._lock:
+                link = self._link
+            return link.stream_now(cfg.remote_host, cfg.remote_port, sock) \
+                if link is not None and link.alive else None
+
+        listener = self.adapters.forward(cfg, connector, self.name, self._activity_changed,
+                                         fast=fast)
         listener.start()
         with self._lock:
             self.forwards[name] = listener

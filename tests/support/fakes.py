@@ -153,6 +153,9 @@ class FakeLink:
     def stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> None:
         return None
 
+    def stream_now(self, host: str, port: int, sock: Any) -> None:
+        return None
+
     def open_channel(self, host: str, port: int,
                      origin: tuple[str, int] = ("127.0.0.1", 0)) -> FakeChannel:
         if not self.alive:
@@ -256,7 +259,8 @@ class FakeAdapters:
         return link
 
     def forward(self, cfg: ForwardConfig, connector: Callable[[tuple[str, int]], Any],
-                profile: str, on_change: Callable[[], None]) -> FakeListener:
+                profile: str, on_change: Callable[[], None],
+                fast: Callable[[tuple[str, int], Any], Any] | None = None) -> FakeListener:
         listener = FakeListener(cfg, connector, on_change)
         self.listeners[cfg.name] = listener
         return listener
