@@ -70,7 +70,8 @@ def _tables(r: Results) -> list[str]:
                           title="to the app server (ours: `ssh -F <bastion-tray ssh-config>`)")]
     lines += ["", *render(r.startup, columns=[BASELINE, "bastion-tray"],
                           compared=["bastion-tray"], baseline=BASELINE,
-                          title="CLI start-up, warm (median of runs)")]
+                          title="CLI start-up, warm, byte-compiled as `pip install` leaves it "
+                                "(median of runs)")]
     return [*lines, *r.daemon]
 
 
