@@ -31,11 +31,12 @@ from bastion_tray.service.events import EventBus
 from bastion_tray.service.links import Adapters, BastionLink, Listener
 from bastion_tray.service.snapshot import profile_snapshot
 from bastion_tray.service.statefile import StateFile
+from bastion_tray.service.streams import Streams
 from bastion_tray.service.waiting import Spawn, Waiter, setup_for, spawn_thread
 
 log = logging.getLogger("bastion_tray.daemon")
 
-class ProfileRuntime:
+class ProfileRuntime(Streams):
     def __init__(self, profile: Profile, settings: Settings, adapters: Adapters,
                  bus: EventBus, statefile: StateFile, clock: Callable[[], float] = time.time,
                  spawn: Spawn = spawn_thread, timings: lc.Timings | None = None) -> None:
@@ -322,89 +323,10 @@ class ProfileRuntime:
                              "came up", hint="try again")
         return link
 
-    def open_channel(self, host: str, port: int, origin: tuple[str, int],
-                     timeout: float | None = None, sock: Any = None) -> Any:
-        """A channel to host:port through the bastion — or, given the accepted `sock`, what
-        carries it (the ssh master: see BastionLink.stream); one retry on a link that just
-        died."""
-        return self._on_link(lambda link: link.stream(host, port, sock, origin)
-                             if sock is not None else link.open_channel(host, port, origin),
-                             timeout)
-
-    def open_stdio(self, host: str, port: int, fd_in: int, fd_out: int) -> Any:
-        """A `proxy` stream between two descriptors carried by the ssh master, or None."""
-        return self._on_link(lambda link: link.stdio(host, port, fd_in, fd_out), None)
-
-    def _on_link(self, use: Callable[[BastionLink], Any], timeout: float | None) -> Any:
-        for attempt in (1, 2):
-            link = self.ensure_link(timeout)
-            try:
-                return use(link)
-            except BastionTrayError:
-                if attempt == 2 or link.alive:
-                    raise
-                log.info("%s link died while opening a channel; reconnecting", self.ctx)
-                with self._lock:
-                    dead = self._link_attempt if self._link is link else None
-                if dead is not None:
-                    self.post(lc.LinkLost(dead, "the link died while opening a channel"))
-        raise AssertionError("unreachable")
-
-    def proxy(self, host: str, port: int) -> Any:
-        """A stream to host:port (`@bastion`: the bastion's own sshd) for `proxy`."""
-        if host == "@bastion":
-            address = self.ensure(lc.Goal.SSH)
-            return self.adapters.dial(address, port)
-        return self.open_channel(host, port, ("127.0.0.1", 0))
-
     def remember_passphrase(self, secret: str) -> None:
         key = self.profile.bastion.identity_file
         if key is not None:
             self.adapters.remember_passphrase(str(key), secret)
-
-    def open_forward(self, name: str) -> Listener:
-        """Start listening on one forward (idempotent)."""
-        cfg = self.profile.forwards[name]
-        with self._lock:
-            existing = self.forwards.get(name)
-        if existing is not None and existing.listening:
-            return existing
-
-        def connector(origin: tuple[str, int], sock: Any = None) -> Any:
-            return self.open_channel(cfg.remote_host, cfg.remote_port, origin,
-                                     timeout=self.settings.lazy_wait, sock=sock)
-
-        def fast(origin: tuple[str, int], sock: Any) -> Any:
-            """On the accept thread: the link is up and can take the socket now, or None."""
-            state = self.state
-            if state.link is not lc.Link.UP or state.phase is not lc.Phase.IDLE:
-                return None
-            with self._lock:
-                link = self._link
-            return link.stream_now(cfg.remote_host, cfg.remote_port, sock) \
-                if link is not None and link.alive else None
-
-        listener = self.adapters.forward(cfg, connector, self.name, self._activity_changed,
-                                         fast=fast)
-        listener.start()
-        with self._lock:
-            self.forwards[name] = listener
-        log.info("%s forward %s listening on %s:%s", self.ctx, name, cfg.bind,
-                 listener.local_port)
-        self.post(lc.ForwardListening(name, True))
-        return listener
-
-    def restore_forwards(self) -> None:
-        """A restarted daemon listens again where its predecessor listened."""
-        for name in sorted(self.state.listening):
-            if name not in self.profile.forwards:
-                self.post(lc.ForwardListening(name, False))
-                continue
-            try:
-                self.open_forward(name)
-            except BastionTrayError as exc:
-                log.warning("%s could not listen again on forward %s: %s", self.ctx, name,
-                            exc.message)
 
     def session_opened(self) -> None:
         with self._lock:
