@@ -215,3 +215,24 @@ def test_hundreds_of_connections_opened_at_once_are_all_carried(make_app: type[A
             for client in clients:
                 client.close()
             echo.shutdown()
+
+
+def test_a_lost_link_takes_its_master_along_and_the_new_link_brings_a_new_one(
+        make_app: type[App]) -> None:
+    app = make_app(extra_settings={"keepalive_interval": "1s"})
+    port = connected(app)
+    pid = app.daemon_pid()
+    assert pid is not None
+    (old,) = ssh_masters(pid)
+    frozen = app.sandbox.freeze_bastion()  # a dead peer: TCP stays up, nothing answers
+    try:
+        wait_until(lambda: app.status()["link_losses"] == 1, 10, "the link loss")
+        wait_until(lambda: not alive(old), 10, "the old link's ssh master to be closed")
+    finally:
+        app.sandbox.thaw_bastion(frozen)
+    conn, version = query(port, app.sandbox, connect_timeout=30)
+    conn.close()
+    assert "MariaDB" in version
+    wait_until(lambda: app.status()["bastion"]["data_plane"] == "openssh", 15, "a new master")
+    (new,) = ssh_masters(pid)
+    assert new != old

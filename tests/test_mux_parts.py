@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -88,3 +89,29 @@ def test_a_mux_failure_reason_is_read_from_its_body() -> None:
     body = (7).to_bytes(4, "big") + (9).to_bytes(4, "big") + b"no route!"
     assert _reason(body) == "no route!"
     assert _reason(b"\0\0\0\1") == "no reason given"
+
+
+def test_the_ready_mark_is_found_past_what_a_login_script_prints(tmp_path: Path) -> None:
+    from bastion_tray.adapters.mux import MuxMaster
+
+    control = tmp_path / "c"
+    control.touch()
+    proc = subprocess.Popen(["sh", "-c", "echo 'Welcome!'; echo; echo bastion-tray-master "
+                             "127.0.0.1 40022 127.0.0.2 22; exec sleep 30"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert MuxMaster._wait_ready(proc, control, timeout=10) == ("127.0.0.1", 40022)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_master_that_never_says_ready_fails_with_its_own_words(tmp_path: Path) -> None:
+    from bastion_tray.adapters.mux import MuxMaster
+    from bastion_tray.core.errors import SSHError
+
+    proc = subprocess.Popen(["sh", "-c", "echo 'Permission denied (publickey).' >&2; exit 255"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with pytest.raises(SSHError) as caught:
+        MuxMaster._wait_ready(proc, tmp_path / "c", timeout=10)
+    assert "did not start: Permission denied (publickey)." in caught.value.message

@@ -54,6 +54,9 @@ class DataPlaneLink:
                 return self
             except SSHError as exc:
                 reason = exc.message
+            except Exception as exc:  # a bug of ours must not cost the link: paramiko carries
+                log.exception("%s starting the ssh master failed", self._context)
+                reason = f"starting the ssh master failed ({type(exc).__name__}: {exc})"
         self.why_paramiko = reason
         if self._mode == "openssh":
             self.close()

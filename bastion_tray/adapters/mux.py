@@ -37,6 +37,7 @@ S_PERMISSION_DENIED, S_FAILURE, S_SESSION_OPENED = 0x80000002, 0x80000003, 0x800
 MUX_VERSION = 4
 READY_MARK = "bastion-tray-master"
 START_TIMEOUT = 20.0
+MAX_NOISE_LINES = 200  # lines a login script may print before the ready mark
 MAX_MESSAGE = 256 * 1024
 
 
@@ -176,14 +177,24 @@ class MuxMaster:
                     timeout: float) -> tuple[str, int]:
         assert proc.stdout is not None and proc.stderr is not None
         found: list[bytes] = []
-        reader = threading.Thread(target=lambda: found.append(proc.stdout.readline())  # type: ignore[union-attr]
-                                  , daemon=True)
+
+        def read_mark() -> None:  # past what a chatty .bashrc prints first
+            for _ in range(MAX_NOISE_LINES):
+                raw = proc.stdout.readline()  # type: ignore[union-attr]
+                found[:] = [raw]
+                if not raw or raw.startswith(READY_MARK.encode()):
+                    return
+
+        reader = threading.Thread(target=read_mark, daemon=True)
         reader.start()
         reader.join(timeout)
         line = found[0].decode("utf-8", "replace").split() if found else []
         if not line or line[0] != READY_MARK:
-            _end(proc)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=5)
             why = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            _end(proc)
             detail = why[-1] if why else (f"no answer in {timeout:.0f} s" if not found
                                           else f"it said {' '.join(line)[:120]!r}")
             raise SSHError(f"the ssh master to the bastion did not start: {detail}")
