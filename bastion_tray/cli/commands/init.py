@@ -11,7 +11,6 @@ the existing text is kept as it was and the profile appended.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -22,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from bastion_tray.cli.init_role import backstop_role
+from bastion_tray.cli.prompter import Prompter
 from bastion_tray.core.config import Config, expand_path, load_config
 from bastion_tray.core.errors import BastionTrayError, CloudError, UsageError
 from bastion_tray.core.paths import config_path
@@ -72,42 +73,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-class Prompter:
-    """Questions on the terminal; with --yes every question takes its default."""
-
-    def __init__(self, interactive: bool) -> None:
-        self.interactive = interactive
-
-    def ask(self, question: str, default: str) -> str:
-        if not self.interactive:
-            return default
-        try:
-            answer = input(f"{question} ").strip()
-        except EOFError:
-            raise UsageError("no answer on the terminal; nothing was written") from None
-        return answer or default
-
-    def confirm(self, question: str, default: bool) -> bool:
-        answer = self.ask(f"{question} [{'Y/n' if default else 'y/N'}]", "y" if default else "n")
-        return answer.lower() in {"y", "yes"}
-
-    def choose(self, question: str, count: int) -> int:
-        return self.numbers(f"{question} [1-{count}]", "", count, several=False)[0]
-
-    def numbers(self, question: str, default: str, count: int, *, several: bool) -> list[int]:
-        """Numbers from 1 to `count` (0-based in the result); `several`: also "all", "none"."""
-        words = {"all": list(range(count)), "none": []} if several else {}
-        while True:
-            answer = self.ask(question, default).lower()
-            picks = answer.replace(",", " ").split()
-            if answer in words:
-                return words[answer]
-            if picks and all(p.isdigit() and 1 <= int(p) <= count for p in picks) \
-                    and (several or len(picks) == 1):
-                return sorted({int(p) - 1 for p in picks})
-            print(f"  type {'all, none, or numbers' if several else 'a number'} from 1 to {count}")
-
-
 def run(args: argparse.Namespace) -> int:
     from bastion_tray.adapters import discovery as dv
     from bastion_tray.core import configwriter as cw
@@ -146,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     hosts = [] if args.no_hosts else _hosts(inventory, bastion, host_specs)
     forwards = _confirm(prompt, "forwards", forwards, bool(forward_specs))
     hosts = _confirm(prompt, "hosts", hosts, bool(host_specs))
-    role = _backstop_role(args, prompt, region, bastion, name)
+    role = backstop_role(args, prompt, region, bastion, name)
     plan = cw.ProfilePlan(
         name, region, args.aws_profile,
         cw.BastionPlan(bastion.instance_id, args.user, args.port, _identity_file(args, bastion),
@@ -307,66 +272,6 @@ def _hosts(inventory: dv.Inventory, bastion: dv.FoundInstance,
                               [h.name for h in plans])
         plans.append(cw.HostPlan(name, i.private_ip or "", None, i.label))
     return plans
-
-
-def _backstop_role(args: argparse.Namespace, prompt: Prompter, region: str,
-                   bastion: dv.FoundInstance, name: str) -> str | None:
-    """The backstop_role to write: created now, given, or None (the backstop stays off)."""
-    from bastion_tray.adapters import discovery as dv
-    from bastion_tray.adapters import iam_role
-
-    choice = args.backstop_role
-    if choice is None and not prompt.interactive:
-        print("note: no backstop role (--backstop-role create|ARN): if every laptop using the "
-              "bastion vanishes, nothing stops it; idle stops by the daemon still work",
-              file=sys.stderr)
-        return None
-    if choice is None:
-        choice = "create" if prompt.confirm(
-            f"Create an IAM role so EventBridge Scheduler can stop {bastion.instance_id} when "
-            "every laptop is gone?", default=True) else "none"
-    if choice != "create":
-        return None if choice == "none" else str(choice)
-    if args.dry_run:
-        print(f"(--dry-run: the IAM role {iam_role.DEFAULT_ROLE_NAME} is not created)")
-        return None
-    search = dv.search_profile(region, args.aws_profile)
-    session = dv.init_session(search)
-    account = None
-    try:
-        account = iam_role.account_id(session, profile=search)
-        role = iam_role.provision_backstop_role(
-            session, instance_arn=iam_role.instance_arn(region, account, bastion.instance_id),
-            profile=search)
-    except CloudError as exc:
-        _explain_missing_role(exc, region, account, bastion.instance_id, name)
-        return None
-    print(f"{'created' if role.created else 'reusing'} IAM role {role.name}\n"
-          f"  ARN: {role.arn}\n"
-          f"  trusted by: {iam_role.SCHEDULER_PRINCIPAL}, for schedules of account "
-          f"{role.account}{'' if role.created else ' (its trust policy checked)'}\n"
-          f"  its one permission: {role.permission} (inline policy {role.policy_name})")
-    return role.arn
-
-
-def _explain_missing_role(exc: CloudError, region: str, account: str | None, instance_id: str,
-                          profile: str) -> None:
-    """Why there is no role, and the role an administrator can make instead."""
-    from bastion_tray.adapters import iam_role
-
-    account = account or "ACCOUNT-ID"
-    arn = iam_role.instance_arn(region, account, instance_id)
-    print(f"note: no backstop role was created: {exc}\n"
-          f"  what to ask for: an IAM role ({iam_role.DEFAULT_ROLE_NAME}) with this trust "
-          "policy:\n"
-          f"    {json.dumps(iam_role.trust_policy(account))}\n"
-          f"  and this one permission (inline policy {iam_role.policy_name(instance_id)}):\n"
-          f"    {json.dumps(iam_role.stop_policy(arn))}\n"
-          f"  then add its ARN to [profiles.{profile}.bastion]: backstop_role = "
-          f'"arn:{iam_role.partition(region)}:iam::{account}:role/'
-          f'{iam_role.DEFAULT_ROLE_NAME}"\n'
-          "  until then the backstop is off: if every laptop vanishes, nothing stops the "
-          "bastion; the profile is written without it", file=sys.stderr)
 
 
 def _confirm(prompt: Prompter, what: str, plans: list[Plan], explicit: bool) -> list[Plan]:
