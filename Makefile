@@ -16,7 +16,7 @@ demo: prereqs $(STAMP)
 	$(BIN)/bastion-tray demo
 
 bench: prereqs $(STAMP)
-	@bash scripts/bench-prereqs.sh
+	@bash scripts/prereqs.sh --bench
 	$(BIN)/python -m bench
 
 lint: $(STAMP)

@@ -23,7 +23,7 @@ SECTION = "## Performance"
 
 INTRO = """\
 `make bench` (or `.venv/bin/python -m bench`; ~{minutes:.0f} min, on demand, not part of `make
-test`; `scripts/bench-prereqs.sh` installs sysbench) starts the sandbox and, in one run, puts
+test`; `scripts/prereqs.sh --bench` installs sysbench) starts the sandbox and, in one run, puts
 the real daemon — spawned and driven by the real CLI (`bastion-tray connect foo db`) — side by
 side with OpenSSH through the same bastion sshd: `ssh -N -L` with aes128-gcm@openssh.com for
 forwards, `ssh -J` for sessions, and a direct connection as the floor. Every ratio is the median

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Debian packages the test suite and the demo need. As root, missing ones are installed;
-# otherwise the exact apt-get command is printed. With CI=true a missing package is a failure.
+# Debian packages the test suite and the demo need (with --bench: what `make bench` adds).
+# As root, missing ones are installed; otherwise the exact apt-get command is printed.
+# With CI=true a missing package is a failure.
 set -euo pipefail
 
-PACKAGES=(
-  python3-venv python3-dev gcc             # the venv, and building PyGObject/pycairo from PyPI
-  openssh-server openssh-client            # the sandbox bastion and app server; system ssh for `shell`
-  mariadb-server mariadb-client            # the sandbox "RDS", queried with a real client
-  xvfb trayer xdotool imagemagick x11-utils dbus-x11 dunst libnotify-bin   # real tray test
-  libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1  # PyGObject
-  procps psmisc                            # ps/pkill/fuser used by tests to prove nothing is left running
-)
+if [[ "${1:-}" == "--bench" ]]; then  # only `make bench`: sysbench for the MySQL load
+  PACKAGES=(sysbench)
+  NEEDED_BY="the bench parts that need them"
+else
+  PACKAGES=(
+    python3-venv python3-dev gcc             # the venv, and building PyGObject/pycairo from PyPI
+    openssh-server openssh-client            # the sandbox bastion and app server; system ssh for `shell`
+    mariadb-server mariadb-client            # the sandbox "RDS", queried with a real client
+    xvfb trayer xdotool imagemagick x11-utils dbus-x11 dunst libnotify-bin   # real tray test
+    libgirepository1.0-dev libcairo2-dev pkg-config gir1.2-gtk-3.0 gir1.2-ayatanaappindicator3-0.1  # PyGObject
+    procps psmisc                            # ps/pkill/fuser used by tests to prove nothing is left running
+  )
+  NEEDED_BY="tests that need them"
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -42,4 +49,4 @@ if [[ "${CI:-}" == "true" ]]; then
   echo "prereqs: CI=true and prerequisites are missing: failing" >&2
   exit 1
 fi
-echo "prereqs: tests that need them will be skipped" >&2
+echo "prereqs: $NEEDED_BY will be skipped" >&2
