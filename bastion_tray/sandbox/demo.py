@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from bastion_tray.core.netguard import ENV as LOOPBACK_ENV
 from bastion_tray.core.netguard import install_audit_guard, is_loopback
 from bastion_tray.core.status import ProfileStatus, Status
 from bastion_tray.core.statusline import status_line
+from bastion_tray.sandbox.demo_host import has_display, port_free, shutdown_daemon
 from bastion_tray.sandbox.errors import SandboxError
 
 PROFILE = "demo"
@@ -44,21 +44,6 @@ BACKSTOP = "5m"  # the demo profile's backstop: the sandbox plays EventBridge Sc
 BASTION_ALIAS, APPSERVER_ALIAS = f"{PROFILE}-bastion", f"{PROFILE}-appserver"
 # how a shell drops every AWS_* variable, as the demo's daemon was started without the user's
 UNSET_AWS = "unset $(env | grep -o '^AWS_[A-Za-z0-9_]*')"
-
-
-def has_display() -> bool:
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Demo:
@@ -104,7 +89,7 @@ class Demo:
                 self.say(f"  (for the real ones: apt-get install {' '.join(missing)})")
         self.say(f"  ready in {time.monotonic() - began:.1f} s; bastion instance "
                  f"{sb.bastion_instance_id} is stopped, Elastic IP {sb.eip}")
-        self.db_port = 13306 if _port_free(13306) else sb.db_forward_port
+        self.db_port = 13306 if port_free(13306) else sb.db_forward_port
         config, self.env = self._installation(self.home, YOU, self.db_port)
         os.environ.update(self.env)  # so the commands printed below work from this process too
         self._start_daemon(config, self.env, lazy_forward=True)
@@ -288,30 +273,13 @@ Stop it for the teammate: env {mate} {cli} stop {PROFILE}
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.tray.pid, signal.SIGKILL)
         if self.teammate_env:
-            _shutdown_daemon(self.teammate_env)
+            shutdown_daemon(self.teammate_env)
         if self.env:
-            _shutdown_daemon(self.env)
+            shutdown_daemon(self.env)
         if self.sandbox is not None:
             self.sandbox.close()
         if self._own_home:
             shutil.rmtree(self.home, ignore_errors=True)
-
-
-def _shutdown_daemon(env: dict[str, str]) -> None:
-    from bastion_tray.core.paths import app_paths
-    from bastion_tray.service.control_client import ControlClient
-    from bastion_tray.service.spawn import pid_alive, read_pid
-
-    paths = app_paths(env)
-    pid = read_pid(paths.pidfile)
-    with contextlib.suppress(Exception), ControlClient.connect(paths) as client:
-        client.request("shutdown")
-    deadline = time.monotonic() + 15
-    while pid and pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid and pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def gist(p: ProfileStatus) -> tuple[object, ...]:
