@@ -36,11 +36,11 @@ class DataPlaneLink:
         self._keepalive = keepalive_interval
         self._context = f"[profile={conn.profile}]"
         self._lock = threading.Lock()
+        self._restarting = threading.Lock()  # one restart of a dead master at a time
         self._master: MuxMaster | None = None
         self._agent: PrivateAgent | None = None
         self._last_try = 0.0
         self._closed = False
-        self.why_paramiko = "data_plane = \"paramiko\"" if mode == "paramiko" else ""
 
     def start(self) -> DataPlaneLink:
         """Bring the master up (mode auto/openssh). With "openssh", a master that cannot start
@@ -57,7 +57,6 @@ class DataPlaneLink:
             except Exception as exc:  # a bug of ours must not cost the link: paramiko carries
                 log.exception("%s starting the ssh master failed", self._context)
                 reason = f"starting the ssh master failed ({type(exc).__name__}: {exc})"
-        self.why_paramiko = reason
         if self._mode == "openssh":
             self.close()
             raise SSHError(f"data_plane = \"openssh\", but {reason}",
@@ -172,11 +171,17 @@ class DataPlaneLink:
                 or time.monotonic() - self._last_try < RESTART_AFTER
                 or unsupported_reason() is not None):
             return None
+        if not self._restarting.acquire(blocking=False):
+            return None  # another connection is bringing it back: this one takes paramiko
         try:
-            self._start_master()
-        except SSHError as exc:
-            log.warning("%s the ssh master did not come back: %s", self._context, exc.message)
+            if time.monotonic() - self._last_try >= RESTART_AFTER:
+                self._start_master()
+        except Exception as exc:  # SSHError, or a bug of ours: paramiko carries on
+            log.warning("%s the ssh master did not come back: %s", self._context,
+                        getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
             return None
+        finally:
+            self._restarting.release()
         return self._master
 
     def _lost_master(self, master: MuxMaster) -> None:
@@ -186,7 +191,6 @@ class DataPlaneLink:
             self._master = None
         log.warning("%s the ssh master died (%s); paramiko carries new connections",
                     self._context, master.why_dead())
-        self.why_paramiko = f"the ssh master died ({master.why_dead()})"
         master.close()
 
     def close(self) -> None:
