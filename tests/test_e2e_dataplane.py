@@ -4,6 +4,7 @@ forwards and `proxy` streams are handed to the daemon's ssh master, counted the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -236,3 +237,39 @@ def test_a_lost_link_takes_its_master_along_and_the_new_link_brings_a_new_one(
     wait_until(lambda: app.status()["bastion"]["data_plane"] == "openssh", 15, "a new master")
     (new,) = ssh_masters(pid)
     assert new != old
+
+
+@pytest.mark.parametrize("plane, delivered", [("paramiko", b"bye"), ("auto", b"")])
+def test_a_servers_half_close(make_app: type[App], plane: str, delivered: bytes) -> None:
+    """paramiko passes a half-close both ways; through the ssh master (auto) the server's EOF
+    ends the connection, as with `ssh -W` — the README's known limitation, pinned here."""
+    import threading
+
+    heard: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"all of it")
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(10)
+                heard.append(conn.recv(10))
+
+        serving = threading.Thread(target=serve, daemon=True)
+        serving.start()
+        app = make_app(extra_settings={"data_plane": plane})
+        local = free_port()
+        with app.config.open("a") as config:
+            config.write(f'\n[profiles.foo.forwards.half]\nlocal_port = {local}\n'
+                         f'remote_host = "127.0.0.1"\nremote_port = {server.getsockname()[1]}\n')
+        connected(app)
+        app.cli("connect", "foo", "half", check=True)
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as client:
+            got = b""
+            while chunk := client.recv(100):
+                got += chunk
+            assert got == b"all of it"
+            with contextlib.suppress(OSError):
+                client.sendall(b"bye")
+            serving.join(15)
+        assert heard == [delivered]
