@@ -20,9 +20,12 @@ import botocore.session
 #: "oidc" are SSO's endpoint prefixes). Regional services resolve through their own rule sets;
 #: a global one (IAM) needs its entry here, so IAM calls use botocore's full data (init does).
 ENDPOINT_SERVICES = ("ec2", "scheduler", "sts", "portal.sso", "oidc")
-#: the lifecycle's calls, and the lease tag (CreateTags / DeleteTags)
+#: the lifecycle's calls, the lease tag (CreateTags / DeleteTags), the my-ip ingress rule,
+#: the console output that vouches for a host key, and what `audit` describes
 OPERATIONS = ("DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances",
-              "CreateTags", "DeleteTags")
+              "CreateTags", "DeleteTags", "DescribeSecurityGroups",
+              "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress", "GetConsoleOutput",
+              "DescribeSubnets", "DescribeVpcs", "DescribeRouteTables", "DescribeInstanceTypes")
 PAGINATED = ("DescribeInstances",)
 OUT = Path(__file__).resolve().parent.parent / "bastion_tray" / "adapters" / "botocore_data"
 

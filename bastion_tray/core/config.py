@@ -26,6 +26,15 @@ DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 DEFAULT_WARN_BEFORE = 2 * 60.0
 DEFAULT_LEASE_TTL = 10 * 60.0
 DEFAULT_BACKSTOP = 60 * 60.0
+DEFAULT_PUBLIC_IP_URL = "https://checkip.amazonaws.com"
+#: "open": security groups untouched; "my-ip": a /32 rule for this machine only while in use
+INGRESS_MODES = ("open", "my-ip")
+#: "key": identity_file or ssh-agent; "ec2-instance-connect": a fresh in-memory key per
+#: connection, pushed with SendSSHPublicKey
+IDENTITY_MODES = ("key", "ec2-instance-connect")
+EC2_INSTANCE_CONNECT = "ec2-instance-connect"
+_GROUP_ID = re.compile(r"sg-[0-9a-f]{8,17}")
+_GROUP_NAME = re.compile(r"[\w .:/()#,@\[\]+=&;{}!$*-]{1,255}")
 #: a lease is renewed every third of its ttl and a backstop pushed every third of it: below
 #: these, the renewals would be API calls every few seconds
 MIN_LEASE_TTL = 15.0
@@ -51,6 +60,7 @@ class Settings:
     user_id: str = field(default_factory=default_user_id)  # names this user's lease tag
     lease_ttl: float = DEFAULT_LEASE_TTL  # a lease's life; renewed every third of it
     data_plane: str = "auto"  # what moves forwarded bytes: one of DATA_PLANES
+    public_ip_url: str = DEFAULT_PUBLIC_IP_URL  # answers this machine's public IPv4 as text
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,13 @@ class BastionConfig:
     auto_stop: bool = True  # stop the instance when idle
     backstop: float | None = DEFAULT_BACKSTOP  # the cloud-side stop; None: "off"
     backstop_role: str | None = None  # the IAM role EventBridge Scheduler stops it with
+    ingress: str = "open"  # one of INGRESS_MODES
+    ingress_group: str | None = None  # "sg-…" or a group name; None: the group opening `port`
+    identity: str = "key"  # one of IDENTITY_MODES
+
+    @property
+    def instance_connect(self) -> bool:
+        return self.identity == EC2_INSTANCE_CONNECT
 
     @property
     def label(self) -> str:
@@ -79,6 +96,12 @@ class HostConfig:
     user: str
     identity_file: Path | None
     port: int = 22
+    identity: str = "key"  # one of IDENTITY_MODES; ec2-instance-connect needs instance_id
+    instance_id: str | None = None  # the host's EC2 instance (for ec2-instance-connect)
+
+    @property
+    def instance_connect(self) -> bool:
+        return self.identity == EC2_INSTANCE_CONNECT
 
 
 @dataclass(frozen=True)
@@ -216,6 +239,12 @@ def _settings(t: TableReader) -> Settings:
         t.problem("data_plane", f"expected one of {', '.join(DATA_PLANES)}, got {plane!r:.40}")
     elif plane is not None:
         settings = replace(settings, data_plane=plane)
+    url = t.text("public_ip_url")
+    if url is not None and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", url):
+        t.problem("public_ip_url", "expected an http:// or https:// URL that answers the public "
+                  f"IPv4 address as text (default {DEFAULT_PUBLIC_IP_URL}), got {clip_repr(url)}")
+    elif url is not None:
+        settings = replace(settings, public_ip_url=url)
     user_id = t.text("user_id")
     if user_id is not None:
         problem = user_id_problem(user_id)
@@ -266,9 +295,36 @@ def _bastion(t: TableReader, settings: Settings) -> BastionConfig:
         auto_stop=t.flag("auto_stop", True),
         backstop=_backstop(t),
         backstop_role=_role_arn(t, "backstop_role"),
+        ingress=_choice(t, "ingress", INGRESS_MODES, "open"),
+        ingress_group=_ingress_group(t),
+        identity=_choice(t, "identity", IDENTITY_MODES, "key"),
     )
+    if bastion.instance_connect and bastion.identity_file is not None:
+        t.problem("identity_file", "not used with identity = \"ec2-instance-connect\" (a fresh "
+                  "key is pushed per connection); remove one of the two")
     t.reject_unknown()
     return bastion
+
+
+def _choice(t: TableReader, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = t.text(key)
+    if value is None:
+        return default
+    if value not in choices:
+        t.problem(key, f"expected one of {', '.join(repr(c) for c in choices)}, "
+                  f"got {clip_repr(value)}")
+        return default
+    return value
+
+
+def _ingress_group(t: TableReader) -> str | None:
+    value = t.text("ingress_group")
+    if value is not None and not (_GROUP_ID.fullmatch(value) or (
+            not value.startswith("sg-") and _GROUP_NAME.fullmatch(value))):
+        t.problem("ingress_group", "expected a security group id like \"sg-0123456789abcdef0\" "
+                  f"or a group name, got {clip_repr(value)}")
+        return None
+    return value
 
 
 def _backstop(t: TableReader) -> float | None:
@@ -294,13 +350,23 @@ def _host(name: str, t: TableReader, user: str | None, key: Path | None) -> Host
     if name == "bastion":  # its alias, <profile>-bastion, is the bastion's own (core/trust.py)
         t.problems.add(t.name, "", "a host cannot be named 'bastion': <profile>-bastion is the "
                        "bastion's own ssh name; pick another name")
+    identity = _choice(t, "identity", IDENTITY_MODES, "key")
+    own_key = t.path("identity_file")
     host = HostConfig(
         name=name,
         hostname=t.text("hostname", required=True) or "",
         user=t.text("user", default=user) or "ec2-user",
-        identity_file=t.path("identity_file") or key,
+        identity_file=own_key or (None if identity == EC2_INSTANCE_CONNECT else key),
         port=t.port("port", 22),
+        identity=identity,
+        instance_id=t.instance_id("instance_id"),
     )
+    if host.instance_connect and host.instance_id is None and t.present:
+        t.problem("instance_id", "expected the host's instance id (\"i-…\"): identity = "
+                  "\"ec2-instance-connect\" pushes the key to that instance")
+    if host.instance_connect and own_key is not None:
+        t.problem("identity_file", "not used with identity = \"ec2-instance-connect\"; remove "
+                  "one of the two")
     t.reject_unknown()
     return host
 
