@@ -25,7 +25,8 @@ ENDPOINT_SERVICES = ("ec2", "scheduler", "sts", "portal.sso", "oidc")
 OPERATIONS = ("DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances",
               "CreateTags", "DeleteTags", "DescribeSecurityGroups",
               "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress", "GetConsoleOutput",
-              "DescribeSubnets", "DescribeVpcs", "DescribeRouteTables", "DescribeInstanceTypes")
+              "UpdateSecurityGroupRuleDescriptionsIngress", "DescribeSubnets", "DescribeVpcs",
+              "DescribeRouteTables", "DescribeInstanceTypes")
 PAGINATED = ("DescribeInstances",)
 OUT = Path(__file__).resolve().parent.parent / "bastion_tray" / "adapters" / "botocore_data"
 
