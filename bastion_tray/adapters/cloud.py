@@ -223,6 +223,7 @@ class Ec2Cloud(AwsHandle):
             public_ip=instance.get("PublicIpAddress"),
             elastic_ip=self._elastic_ip(instance_id),
             leases=_leases(instance),
+            instance_type=instance.get("InstanceType"),
         )
         log.debug("%s %s, address %s", self._ctx(), info.state, info.address or "none")
         return info

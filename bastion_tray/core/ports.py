@@ -23,6 +23,7 @@ class InstanceInfo:
     #: every `bastion-tray:lease:<user_id>` tag on the instance, as (user_id, raw value),
     #: sorted by user id; core/team.py reads the values
     leases: tuple[tuple[str, str], ...] = ()
+    instance_type: str | None = None  # "t3.micro": what `cost` prices the running hours by
 
     @property
     def address(self) -> str | None:
