@@ -72,6 +72,11 @@ _DOING = {
     "StopInstances": ("ec2", "stop instance {target}"),
     "CreateTags": ("ec2", "tag instance {target} with a lease"),
     "DeleteTags": ("ec2", "remove a lease tag from instance {target}"),
+    "DescribeSecurityGroups": ("ec2", "read the security groups of {target}"),
+    "AuthorizeSecurityGroupIngress": ("ec2", "open the SSH port to this machine on {target}"),
+    "UpdateSecurityGroupRuleDescriptionsIngress": (
+        "ec2", "renew this machine's SSH rule on {target}"),
+    "RevokeSecurityGroupIngress": ("ec2", "revoke a bastion-tray SSH rule on {target}"),
     "GetSchedule": ("scheduler", "read the backstop schedule {schedule}"),
     "CreateSchedule": ("scheduler", "create the backstop schedule {schedule}"),
     "UpdateSchedule": ("scheduler", "push back the backstop schedule {schedule}"),

@@ -9,10 +9,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bastion_tray.core.config import BastionConfig, Config, ForwardConfig, Profile, Settings
+from bastion_tray.core.config import (
+    BastionConfig,
+    Config,
+    ForwardConfig,
+    HostConfig,
+    Profile,
+    Settings,
+)
 from bastion_tray.core.errors import PassphraseNeeded, SSHError
 from bastion_tray.core.paths import AppPaths
-from bastion_tray.core.ports import Backstop, Channel, Cloud, Progress
+from bastion_tray.core.ports import Backstop, Channel, Cloud, Ingress, Progress
 from bastion_tray.core.trust import KeyTarget
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
@@ -57,6 +64,11 @@ class RealAdapters:
         from bastion_tray.adapters.backstop import SchedulerBackstop
 
         return SchedulerBackstop(profile)
+
+    def ingress(self, profile: Profile, settings: Settings) -> Ingress:
+        from bastion_tray.adapters.ingress import SshIngress
+
+        return SshIngress(profile, settings.user_id, settings.public_ip_url)
 
     def count_sessions(self, link: BastionLink) -> int:
         from bastion_tray.core import sessions

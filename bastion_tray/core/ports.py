@@ -74,6 +74,21 @@ class Backstop(Protocol):
         ...
 
 
+class Ingress(Protocol):
+    """ingress = "my-ip": our /32 rule on the bastion's SSH security group (DESIGN.md
+    "Access")."""
+
+    def grant(self, instance_id: str, until: float) -> Any:
+        """Learn this machine's public address; add or renew our rule until `until`; revoke
+        ours for other addresses; reap expired bastion-tray rules. Returns what is open now
+        (`.address`, `.covered_by`). Raises CloudError."""
+        ...
+
+    def release(self, instance_id: str | None) -> None:
+        """Revoke our rules (a teammate's stay). Raises CloudError."""
+        ...
+
+
 class Channel(Protocol):
     """A byte stream through the bastion (a paramiko Channel satisfies it)."""
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from bastion_tray.core.config import BastionConfig, ForwardConfig, Profile, Settings
-from bastion_tray.core.ports import Backstop, Channel, Cloud, Progress
+from bastion_tray.core.config import BastionConfig, ForwardConfig, HostConfig, Profile, Settings
+from bastion_tray.core.ports import Backstop, Channel, Cloud, Ingress, Progress
 from bastion_tray.core.trust import KeyTarget
 
 
@@ -93,6 +93,10 @@ class Adapters(Protocol):
 
     def backstop(self, profile: Profile) -> Backstop:
         """The EventBridge Scheduler side of a profile (its backstop schedule)."""
+        ...
+
+    def ingress(self, profile: Profile, settings: Settings) -> Ingress:
+        """The profile's my-ip rule on its bastion's SSH security group."""
         ...
 
     def count_sessions(self, link: BastionLink) -> int:

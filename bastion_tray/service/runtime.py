@@ -44,6 +44,7 @@ class ProfileRuntime(Streams):
         self.bus, self.statefile, self.clock, self._spawn = bus, statefile, clock, spawn
         self.cloud = adapters.cloud(profile)
         self.backstop = adapters.backstop(profile)
+        self.ingress = adapters.ingress(profile, settings)
         setup = setup_for(profile, settings, timings, self.cloud.endpoint)
         self.state = lc.initial(setup, statefile.record(profile.name))
         self.ctx = f"[profile={profile.name}]"
@@ -161,6 +162,12 @@ class ProfileRuntime(Streams):
             case lc.DeleteBackstop(call=call, instance_id=instance_id):
                 self._spawn(functools.partial(self._backstop_call, call, functools.partial(
                     self.backstop.delete, instance_id)), f"backstop-{self.name}")
+            case lc.GrantIngress(call=call, until=until):
+                self._spawn(functools.partial(self._ingress_call, call, until, self._instance_id()),
+                            f"ingress-{self.name}")
+            case lc.RevokeIngress(call=call):
+                self._spawn(functools.partial(self._ingress_call, call, None, self._instance_id()),
+                            f"ingress-{self.name}")
             case lc.CountSessions(check=check):
                 self._spawn(functools.partial(self._count_sessions, check),
                             f"count-sessions-{self.name}")
@@ -232,6 +239,21 @@ class ProfileRuntime(Streams):
             return lc.LeaseDone(call)
 
         self._guarded("the lease tag", run, lambda exc: lc.LeaseDone(call, exc))
+
+    def _instance_id(self) -> str | None:
+        return self.state.instance.instance_id if self.state.instance else None
+
+    def _ingress_call(self, call: int, until: float | None, instance_id: str | None) -> None:
+        def run() -> lc.Event:
+            if until is None:
+                self.ingress.release(instance_id)
+                return lc.IngressDone(call)
+            if instance_id is None:
+                raise DaemonError("internal error: a my-ip grant before the instance is known")
+            granted = self.ingress.grant(instance_id, until)
+            return lc.IngressDone(call, granted.address, granted.covered_by)
+
+        self._guarded("the SSH rule", run, lambda exc: lc.IngressDone(call, error=exc))
 
     def _backstop_call(self, call: int, work: Callable[[], float | None]) -> None:
         def run() -> lc.Event:

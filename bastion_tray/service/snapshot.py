@@ -67,6 +67,13 @@ def team_snapshot(s: Lifecycle, now: float) -> dict[str, Any]:
     }
 
 
+def ingress_snapshot(s: Lifecycle, cfg: Profile) -> dict[str, Any]:
+    """ingress = "my-ip": the /32 open to us now and until when (DESIGN.md "Access")."""
+    a = s.access
+    return {"mode": cfg.bastion.ingress, "address": a.address, "until": _iso(a.until),
+            "covered_by": a.covered_by, "error": a.error}
+
+
 def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener],
                      sessions: int, now: float) -> dict[str, Any]:
     info = s.instance
@@ -83,6 +90,7 @@ def profile_snapshot(s: Lifecycle, cfg: Profile, forwards: Mapping[str, Listener
             "state": info.state if info else "unknown",
             "host": s.host if s.running else None,
             "ssh": s.link.value,
+            "ingress": ingress_snapshot(s, cfg),
         },
         "forwards": {
             name: forward_snapshot(f.local, f.bind, f"{f.remote_host}:{f.remote_port}",

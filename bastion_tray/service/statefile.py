@@ -29,7 +29,7 @@ log = logging.getLogger("bastion_tray.daemon")
 VERSION = 2
 MAX_BYTES = 1024 * 1024  # far more than any number of profiles needs
 _KEYS = {"instance_id", "started_by_daemon", "idle_since", "listening"}
-_OPTIONAL = {"lease"}
+_OPTIONAL = {"lease", "ingress"}
 
 
 class StateFileShapeError(ValueError):
@@ -40,9 +40,11 @@ def _entry(name: str, raw: Any) -> Persisted:
     if not isinstance(raw, dict) or not _KEYS <= set(raw) <= _KEYS | _OPTIONAL:
         raise StateFileShapeError(f"profile {name!r}: expected exactly the keys "
                                   f"{sorted(_KEYS | _OPTIONAL)}")
-    lease = raw.get("lease", False)
+    lease, ingress = raw.get("lease", False), raw.get("ingress", False)
     if not isinstance(lease, bool):
         raise StateFileShapeError(f"profile {name!r}: lease must be true or false")
+    if not isinstance(ingress, bool):
+        raise StateFileShapeError(f"profile {name!r}: ingress must be true or false")
     instance, started, since, listening = (raw["instance_id"], raw["started_by_daemon"],
                                            raw["idle_since"], raw["listening"])
     if instance is not None and not (isinstance(instance, str) and instance):
@@ -55,7 +57,7 @@ def _entry(name: str, raw: Any) -> Persisted:
     if not isinstance(listening, list) or not all(isinstance(f, str) for f in listening):
         raise StateFileShapeError(f"profile {name!r}: listening must be a list of names")
     return Persisted(instance, started, None if since is None else float(since),
-                     tuple(sorted(set(listening))), lease)
+                     tuple(sorted(set(listening))), lease, ingress)
 
 
 def parse_state(text: str) -> dict[str, Persisted]:
@@ -78,7 +80,7 @@ def _refuse(constant: str) -> Any:
 def _as_json(record: Persisted) -> dict[str, Any]:
     return {"instance_id": record.instance_id, "started_by_daemon": record.started_by_us,
             "idle_since": record.idle_since, "listening": list(record.listening),
-            "lease": record.lease}
+            "lease": record.lease, "ingress": record.ingress}
 
 
 class StateFile:

@@ -52,6 +52,7 @@ def setup_for(profile: Profile, settings: Settings, timings: lc.Timings | None,
                     timings=timings or timings_for(settings, profile), endpoint=endpoint,
                     user_id=settings.user_id, lease_ttl=settings.lease_ttl,
                     backstop=b.backstop if off is None else None, backstop_off=off,
+                    ingress=b.ingress == "my-ip",
                     jitter=random.random())
 
 

@@ -128,6 +128,32 @@ class FakeBackstop:
         self.schedules.pop(instance_id, None)
 
 
+class FakeIngress:
+    """The SSH group's my-ip rules: one address of ours at a time."""
+
+    def __init__(self) -> None:
+        self.address = "203.0.113.7/32"
+        self.rules: dict[str, float] = {}  # address → until
+        self.calls: list[str] = []
+        self.fail: BastionTrayError | None = None
+        self.gate: threading.Event | None = None  # set: a grant waits until it is set
+
+    def grant(self, instance_id: str, until: float) -> SimpleNamespace:
+        self.calls.append("grant")
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        self.rules = {self.address: until}
+        return SimpleNamespace(address=self.address, covered_by=None)
+
+    def release(self, instance_id: str | None) -> None:
+        self.calls.append("release")
+        if self.fail is not None:
+            raise self.fail
+        self.rules.clear()
+
+
 class FakeChannel:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -224,6 +250,7 @@ class FakeAdapters:
         self.known_keys: dict[str, str] = {}  # alias → key line the stores vouch for
         self.host_key = ("SHA256:right", "ssh-ed25519 AAAA")
         self.the_backstop = backstop or FakeBackstop()
+        self.the_ingress = FakeIngress()
         self.others_on_bastion: int | BastionTrayError = 0  # what a count answers
         self.counted_over: list[FakeLink] = []
 
@@ -232,6 +259,9 @@ class FakeAdapters:
 
     def backstop(self, profile: Profile) -> FakeBackstop:
         return self.the_backstop
+
+    def ingress(self, profile: Profile, settings: object) -> FakeIngress:
+        return self.the_ingress
 
     def count_sessions(self, link: FakeLink) -> int:
         self.counted_over.append(link)
@@ -325,10 +355,11 @@ ROLE = "arn:aws:iam::123456789012:role/bastion-tray-backstop"
 
 def make_profile(*, idle_timeout: float = 600, warn_before: float = 120,
                  auto_stop: bool = True, host: str = "auto", backstop: float | None = 3600,
-                 backstop_role: str | None = ROLE) -> Profile:
+                 backstop_role: str | None = ROLE, ingress: str = "open") -> Profile:
     bastion = BastionConfig(instance_id=INSTANCE, name=None, user="ec2-user",
                             identity_file=None, host=host, idle_timeout=idle_timeout,
-                            auto_stop=auto_stop, backstop=backstop, backstop_role=backstop_role)
+                            auto_stop=auto_stop, backstop=backstop, backstop_role=backstop_role,
+                            ingress=ingress)
     db = ForwardConfig("db", 13306, "db.internal", 3306)
     return Profile("foo", "ap-northeast-1", None, bastion, forwards={"db": db},
                    warn_before=warn_before)

@@ -7,6 +7,11 @@ from dataclasses import replace
 from bastion_tray.core.durations import format_duration
 from bastion_tray.core.errors import BastionTrayError, CloudError, DaemonError
 from bastion_tray.core.idle import IdleClock
+from bastion_tray.core.lifecycle.access import (
+    grant_failed_for,
+    ingress_ready,
+    on_ingress_done,
+)
 from bastion_tray.core.lifecycle.effects import (
     CallCloud,
     DropLink,
@@ -22,6 +27,7 @@ from bastion_tray.core.lifecycle.effects import (
 from bastion_tray.core.lifecycle.events import (
     Demand,
     GiveUp,
+    IngressDone,
     LinkFailed,
     LinkLost,
     LinkUp,
@@ -30,6 +36,8 @@ from bastion_tray.core.lifecycle.events import (
 )
 from bastion_tray.core.lifecycle.state import GONE, CloudCall, Goal, Lifecycle, Link, Phase
 from bastion_tray.core.ports import InstanceInfo
+
+OPENING_PORT = "opening the SSH port"
 
 
 def cloud_call(s: Lifecycle, op: str, now: float) -> Result:
@@ -121,6 +129,12 @@ def starting_seen(s: Lifecycle, info: InstanceInfo, now: float) -> Result:
                 f"instance {info.instance_id} is running but has no public or Elastic IP "
                 "address", hint='associate an Elastic IP, or set host = "…" in the profile\'s '
                                 "[bastion] table"), now)
+        if not ingress_ready(s):  # ingress = "my-ip": the rule first, then SSH
+            out: list[Effect] = []
+            if s.label != OPENING_PORT:
+                s, out = progress(s, OPENING_PORT, f"port {s.setup.port} to this machine's "
+                                                   "public address")
+            return replace(s, next_poll_at=now + t.watch), out
         left = max(1.0, t.ready_timeout - (now - (s.began_at or now)))
         s, out = progress(replace(s, probing=True, next_poll_at=now + t.watch),
                           "waiting for SSH", f"{host}:{s.setup.port}")
@@ -196,6 +210,22 @@ def _on_attempt_failed(s: Lifecycle, ev: SshFailed | LinkFailed, now: float) -> 
     if s.phase is not Phase.STARTING or ev.attempt != s.attempt:
         return s, []
     return fail(s, ev.error, now)
+
+
+def on_ingress(s: Lifecycle, ev: IngressDone, now: float) -> Result:
+    """A grant or revoke came back; a bring-up that waited for its grant probes SSH now, or
+    fails with the grant's reason."""
+    error = grant_failed_for(s, ev)
+    s, out = on_ingress_done(s, ev, now)
+    if error is not None:
+        s, more = fail(s, error, now)
+        return s, out + more
+    waiting = (s.phase is Phase.STARTING and not s.probing and s.link is Link.DOWN
+               and s.instance is not None and s.instance.state == "running")
+    if waiting and ingress_ready(s):
+        s, more = starting_seen(s, s.instance, now)  # type: ignore[arg-type]
+        out += more
+    return s, out
 
 
 def _on_link_lost(s: Lifecycle, ev: LinkLost, now: float) -> Result:

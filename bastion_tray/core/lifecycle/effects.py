@@ -100,6 +100,23 @@ class DeleteBackstop:
 
 
 @dataclass(frozen=True)
+class GrantIngress:
+    """Open the bastion's SSH port to this machine's public address (ingress = "my-ip"):
+    learn the address, add or renew our /32 rule until `until`, revoke ours for any other
+    address, reap anyone's expired bastion-tray rules."""
+
+    call: int
+    until: float
+
+
+@dataclass(frozen=True)
+class RevokeIngress:
+    """Revoke our rules (only ours: a teammate's stay)."""
+
+    call: int
+
+
+@dataclass(frozen=True)
 class CountSessions:
     """Count others' SSH connections on the bastion: over the link when it is up, else over a
     connection of its own that closes right after."""
@@ -126,7 +143,7 @@ class Log:
 
 Effect = (CallCloud | WaitSsh | OpenLink | KeepLink | DropLink | CloseLink | CloseConnections
           | Resolve | StopFinished | Save | Publish | Log | PutLease | DeleteLease | PushBackstop
-          | DeleteBackstop | CountSessions)
+          | DeleteBackstop | CountSessions | GrantIngress | RevokeIngress)
 
 
 Result = tuple[Lifecycle, list[Effect]]

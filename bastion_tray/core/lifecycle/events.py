@@ -115,6 +115,17 @@ class BackstopDone:
 
 
 @dataclass(frozen=True)
+class IngressDone:
+    """A GrantIngress (address: the /32 opened; covered_by: whose rule already opens it) or a
+    RevokeIngress came back (error None: it worked)."""
+
+    call: int
+    address: str | None = None
+    covered_by: str | None = None
+    error: BastionTrayError | None = None
+
+
+@dataclass(frozen=True)
 class SessionsCounted:
     """Others' SSH connections on the bastion (ours subtracted); None with the error."""
 
@@ -143,4 +154,5 @@ class ClearError:
 
 Event = (Demand | GiveUp | Tick | Activity | Refresh | Seen | CallDone | CallFailed
          | SshAnswered | SshFailed | LinkUp | LinkFailed | LinkLost | Keep | StopRequested
-         | Exit | ForwardListening | ClearError | LeaseDone | BackstopDone | SessionsCounted)
+         | Exit | ForwardListening | ClearError | LeaseDone | BackstopDone | SessionsCounted
+         | IngressDone)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from bastion_tray.core.durations import format_duration
 from bastion_tray.core.errors import BastionTrayError, InUseError
 from bastion_tray.core.idle import IdleClock
+from bastion_tray.core.lifecycle.access import access_busy, reconcile_access
 from bastion_tray.core.lifecycle.bringup import cloud_call
 from bastion_tray.core.lifecycle.effects import (
     CloseLink,
@@ -65,6 +66,8 @@ def reconcile(s: Lifecycle, now: float) -> Result:
     s, more = _backstop(s, now)
     out += more
     s, more = _check_describe(s, now)
+    out += more
+    s, more = reconcile_access(s, now, lease_wanted(s))
     out += more
     s, more = _exit_done(s)
     return s, out + more
@@ -319,7 +322,7 @@ def _exit_done(s: Lifecycle) -> Result:
         return s, []
     if t.lease_call is not None or t.lease_until is not None or t.lease_maybe:
         return s, []
-    if t.backstop_call is not None or t.backstop_delete:
+    if t.backstop_call is not None or t.backstop_delete or access_busy(s):
         return s, []
     waiters = t.exit_waiters
     return _team(s, exit_waiters=()), [StopFinished(waiters, _state(s), s.error)]

@@ -45,6 +45,7 @@ class Setup:
     lease_ttl: float = 600.0  # a lease's life; renewed every third of it
     backstop: float | None = None  # seconds ahead the cloud-side stop is kept; None: off
     backstop_off: str | None = None  # why it is off, for status
+    ingress: bool = False  # ingress = "my-ip": the SSH port opens to us only while we use it
     jitter: float = 0.0  # 0…1, this daemon's phase of the re-check period (two idle daemons
     # that vetoed each other must not keep looking at the same moment)
 
@@ -126,6 +127,24 @@ class Team:
 
 
 @dataclass(frozen=True)
+class Access:
+    """Our my-ip rule on the bastion's SSH security group (DESIGN.md "Access")."""
+
+    until: float | None = None  # the rule's until as last written (None: no rule of ours)
+    address: str | None = None  # the /32 it opens
+    covered_by: str | None = None  # another's rule already opens our address
+    maybe: bool = False  # a rule of ours may exist (a grant in flight or failed, a crash)
+    renew_at: float | None = None
+    retry_at: float | None = None  # a renewal or revoke failed: try again then
+    call: int | None = None  # the one grant or revoke in flight
+    op: str = ""  # "grant" or "revoke"
+    pending: float | None = None  # the until a grant in flight writes
+    pending_attempt: int = 0  # the bring-up a grant in flight was asked for
+    granted_attempt: int = -1  # the bring-up whose grant succeeded: its SSH probe waits for it
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Persisted:
     """What must survive a SIGKILL of the daemon: saved whenever it changes."""
 
@@ -134,6 +153,7 @@ class Persisted:
     idle_since: float | None = None
     listening: tuple[str, ...] = ()  # forwards that were listening
     lease: bool = False  # a lease tag of ours may exist on the instance
+    ingress: bool = False  # a my-ip rule of ours may exist on the SSH group
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,7 @@ class Lifecycle:
     exiting: bool = False  # the daemon is shutting down: nothing starts any more
     saved: Persisted | None = None  # loaded at start, merged at the first describe
     team: Team = field(default_factory=Team)
+    access: Access = field(default_factory=Access)
 
     @property
     def running(self) -> bool:
@@ -191,15 +212,18 @@ class Lifecycle:
 
     def persisted(self) -> Persisted:
         lease = self.team.lease_until is not None or self.team.lease_maybe
+        ingress = self.access.until is not None or self.access.maybe
         if self.saved is not None:  # not merged yet: keep what was saved
-            return replace(self.saved, listening=tuple(sorted(self.listening)), lease=lease)
+            return replace(self.saved, listening=tuple(sorted(self.listening)), lease=lease,
+                           ingress=ingress)
         return Persisted(self.instance.instance_id if self.instance else None,
                          self.started_by_us, self.idle.idle_since, tuple(sorted(self.listening)),
-                         lease)
+                         lease, ingress)
 
 
 def initial(setup: Setup, saved: Persisted | None = None) -> Lifecycle:
     listening = frozenset(saved.listening) if saved else frozenset()
     team = Team(lease_maybe=bool(saved and saved.lease))  # a crash may have left our tag
-    return Lifecycle(setup=setup, saved=saved, listening=listening, team=team,
+    access = Access(maybe=bool(saved and saved.ingress))  # … or our rule
+    return Lifecycle(setup=setup, saved=saved, listening=listening, team=team, access=access,
                      backoff=setup.timings.backoff_first)

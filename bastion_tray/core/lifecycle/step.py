@@ -20,6 +20,7 @@ from bastion_tray.core.lifecycle.bringup import (
     cloud_call,
     fail,
     observe,
+    on_ingress,
     starting_seen,
 )
 from bastion_tray.core.lifecycle.effects import CloseLink, Effect, Log, Publish, Result, Save
@@ -34,6 +35,7 @@ from bastion_tray.core.lifecycle.events import (
     Exit,
     ForwardListening,
     GiveUp,
+    IngressDone,
     Keep,
     LeaseDone,
     LinkFailed,
@@ -252,5 +254,5 @@ _HANDLERS: dict[type, Any] = {
     LinkFailed: _on_attempt_failed, LinkLost: _on_link_lost, Keep: _on_keep,
     StopRequested: _on_stop, Exit: _on_exit, ForwardListening: _on_forward,
     ClearError: _on_clear_error, LeaseDone: on_lease_done, BackstopDone: on_backstop_done,
-    SessionsCounted: on_counted,
+    SessionsCounted: on_counted, IngressDone: on_ingress,
 }
