@@ -26,8 +26,11 @@ def start_moto(procs: ProcessSet, state_dir: Path, timeout: float = 20.0) -> str
     port = free_port("127.0.0.1")
     endpoint = f"http://127.0.0.1:{port}"
     env = child_env(sandbox_aws_env(endpoint, state_dir))
-    proc = procs.spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                "-p", str(port)], log_file=state_dir / "moto.log", env=env)
+    # moto's server, but GetConsoleOutput answers from <state_dir>/console (sandbox/console.py)
+    proc = procs.spawn("moto", [sys.executable, "-m", "bastion_tray.sandbox.motoserver",
+                                "--console-dir", str(state_dir / "console"),
+                                "-H", "127.0.0.1", "-p", str(port)],
+                       log_file=state_dir / "moto.log", env=env)
 
     def answers() -> bool:
         if proc.poll() is not None:

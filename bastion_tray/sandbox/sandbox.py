@@ -25,7 +25,7 @@ from typing import Any
 
 from bastion_tray.core.errors import WaitTimeout
 from bastion_tray.core.team import SCHEDULE_GROUP, SCHEDULE_PREFIX
-from bastion_tray.sandbox import aws, keys, prereqs, standins, stubs, vpc
+from bastion_tray.sandbox import aws, console, keys, prereqs, standins, stubs, vpc
 from bastion_tray.sandbox.configfile import ConfigTargets, Value, write_config
 from bastion_tray.sandbox.errors import SandboxError
 from bastion_tray.sandbox.mariadb import MariaDB
@@ -201,6 +201,7 @@ class Sandbox:
         self.bastion_port = self.vpc.bastion_port
         self.backstop_role_arn = seed_backstop_role(aws.iam_client(self.endpoint_url),
                                                     self.region, self.bastion_instance_id)
+        self.restore_console_output()
 
     def _new_key(self, path: Path, comment: str) -> keys.KeyPair:
         if self.standins:  # ssh-keygen may be missing along with sshd
@@ -262,7 +263,22 @@ class Sandbox:
         self._appserver.start()
         self._appserver.wait_answering()
         self._write_known_hosts()
+        self.restore_console_output()  # a rebuilt machine prints its new keys
         return self._appserver_key.public_line
+
+    def set_console_output(self, instance_id: str, text: str | None) -> None:
+        """What GetConsoleOutput answers for the instance; None: moto's canned kernel log,
+        which lists no host keys. `restore_console_output` (and `reset`) undo it."""
+        console.write_output(console.console_dir(self.workdir / "aws"), instance_id, text)
+
+    def restore_console_output(self) -> None:
+        """The bastion's and the app server's console output as Amazon Linux prints it at
+        first boot, with their sshd's real host-key fingerprints."""
+        for instance_id, key, hostname in (
+                (self.bastion_instance_id, self._bastion_key, "ip-10-0-0-5"),
+                (self.appserver_instance_id, self._appserver_key, "ip-10-0-0-115")):
+            self.set_console_output(instance_id, console.amazon_linux_output(
+                [key.public_line], hostname))
 
     # --- using it ---------------------------------------------------------------------------
 
@@ -334,7 +350,9 @@ class Sandbox:
                 os.kill(each, signal.SIGCONT)
 
     def reset(self, timeout: float = 10.0) -> None:
-        """Back to the seeded state: the bastion instance stopped and its sshd down."""
+        """Back to the seeded state: the bastion instance stopped and its sshd down, the
+        console output listing the real host keys."""
+        self.restore_console_output()
         if self.instance_state() != "stopped":
             self._ec2.stop_instances(InstanceIds=[self.bastion_instance_id])
         assert self._bastion is not None
