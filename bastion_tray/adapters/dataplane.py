@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bastion_tray.adapters.agent import PrivateAgent
@@ -18,7 +19,7 @@ from bastion_tray.adapters.mux import MuxMaster, MuxStream, unsupported_reason
 from bastion_tray.adapters.muxwatch import Handed, MuxWatch
 from bastion_tray.adapters.ssh import FAST_CIPHERS, BastionConnection
 from bastion_tray.core.config import BastionConfig
-from bastion_tray.core.errors import SSHError
+from bastion_tray.core.errors import BastionTrayError, SSHError
 from bastion_tray.core.trust import bastion_alias
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,12 @@ class DataPlaneLink:
     """A BastionLink (service/links.py) whose streams go through OpenSSH when it can."""
 
     def __init__(self, conn: BastionConnection, bastion: BastionConfig, *, mode: str,
-                 watch: MuxWatch, keepalive_interval: float) -> None:
+                 watch: MuxWatch, keepalive_interval: float,
+                 master_key: Callable[[], Any] | None = None) -> None:
         self.conn, self._bastion, self._mode, self._watch = conn, bastion, mode, watch
+        # ec2-instance-connect: a key the bastion accepts *now* for each master (re)start (a
+        # pushed key is valid 60 s); None: the key the link authenticated with
+        self._master_key = master_key
         self._keepalive = keepalive_interval
         self._context = f"[profile={conn.profile}]"
         self._lock = threading.Lock()
@@ -67,11 +72,18 @@ class DataPlaneLink:
     def _start_master(self) -> None:
         conn = self.conn
         self._last_try = time.monotonic()
-        if conn.server_key is None or conn.auth_key is None:
+        auth_key = conn.auth_key
+        if self._master_key is not None:
+            try:
+                auth_key = self._master_key()
+            except BastionTrayError as exc:
+                raise SSHError(f"no ec2-instance-connect key for the ssh master: {exc.message}",
+                               hint=exc.hint) from None
+        if conn.server_key is None or auth_key is None:
             raise SSHError("the link has no verified host key or key to lend the ssh master")
         agent = None
-        if type(conn.auth_key).__name__ != "AgentKey":  # else the user's own agent signs
-            agent = PrivateAgent(conn.auth_key)
+        if type(auth_key).__name__ != "AgentKey":  # else the user's own agent signs
+            agent = PrivateAgent(auth_key)
         try:
             master = MuxMaster.start(
                 host=conn.host, port=conn.port, user=self._bastion.user,

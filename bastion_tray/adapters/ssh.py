@@ -41,6 +41,8 @@ MISSED_KEEPALIVES = 3
 KEEPALIVE_REQUEST = "keepalive@openssh.com"
 
 Passphrase = Callable[[Path], "str | None"]
+#: a key the instance accepts now (ec2-instance-connect: generated and pushed by the call)
+InstanceKey = Callable[[], paramiko.PKey]
 _CHANNEL_FAILURES = {
     1: "administratively prohibited (the bastion's sshd forbids TCP forwarding for this "
        "user or destination: AllowTcpForwarding / PermitOpen)",
@@ -128,16 +130,52 @@ def _public_blob(path: Path) -> bytes | None:
 
 
 def authenticate(transport: paramiko.Transport, bastion: BastionConfig, where: str,
-                 passphrase: Passphrase | None, profile: str, logger: LogContext) -> str:
+                 passphrase: Passphrase | None, profile: str, logger: LogContext,
+                 instance_key: InstanceKey | None = None) -> str:
     """Public-key auth with identity_file, then ssh-agent keys; returns what worked."""
-    return authenticate_with_key(transport, bastion, where, passphrase, profile, logger)[0]
+    return authenticate_with_key(transport, bastion, where, passphrase, profile, logger,
+                                 instance_key)[0]
+
+
+def authenticate_pushed(transport: paramiko.Transport, user: str, where: str,
+                        instance_key: InstanceKey, logger: LogContext
+                        ) -> tuple[str, paramiko.PKey]:
+    """identity = "ec2-instance-connect": only the key `instance_key()` just pushed (no file,
+    no agent keys: a refusal then says what is wrong with the push, not with a key list)."""
+    key = instance_key()  # a CloudError when the push fails: it says what to fix
+    label = "an ec2-instance-connect key"
+    try:
+        remaining = transport.auth_publickey(user, key)
+    except paramiko.BadAuthenticationType as exc:
+        allowed = ", ".join(exc.allowed_types) or "nothing"
+        raise SSHError(f"{where} does not accept public-key authentication (it allows: "
+                       f"{allowed})") from None
+    except paramiko.AuthenticationException:
+        logger.debug("%s refused", label)
+        raise SSHError(f"{where} refused the key just pushed with ec2-instance-connect for "
+                       f"{user}",
+                       hint="the instance needs EC2 Instance Connect set up (the "
+                            "ec2-instance-connect package's AuthorizedKeysCommand: Amazon "
+                            "Linux and Ubuntu AMIs have it) and user must be its OS user "
+                            "(ec2-user, ubuntu, ...)") from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise SSHError(f"{where} dropped the connection during authentication: "
+                       f"{str(exc) or type(exc).__name__}") from None
+    if remaining:
+        raise SSHError(f"{where} wants more than a key for {user} ({', '.join(remaining)}); "
+                       "bastion-tray supports keys only")
+    return label, key
 
 
 def authenticate_with_key(transport: paramiko.Transport, bastion: BastionConfig, where: str,
-                          passphrase: Passphrase | None, profile: str, logger: LogContext
+                          passphrase: Passphrase | None, profile: str, logger: LogContext,
+                          instance_key: InstanceKey | None = None
                           ) -> tuple[str, paramiko.PKey]:
-    """`authenticate`, also returning the key that worked (the data plane's master uses it)."""
+    """`authenticate`, also returning the key that worked (the data plane's master uses it).
+    With `instance_key` (ec2-instance-connect), that key alone."""
     user = bastion.user
+    if instance_key is not None:
+        return authenticate_pushed(transport, user, f"the bastion {where}", instance_key, logger)
     tried: list[str] = []
     agent: paramiko.Agent | None = None
     try:
@@ -227,7 +265,8 @@ class BastionConnection:
     def open(cls, host: str, port: int, bastion: BastionConfig, *, hostkeys: HostKeyStore,
              profile: str, keepalive_interval: float = 15, timeout: float = 15,
              passphrase: Passphrase | None = None,
-             on_lost: Callable[[str], None] | None = None) -> BastionConnection:
+             on_lost: Callable[[str], None] | None = None,
+             instance_key: InstanceKey | None = None) -> BastionConnection:
         """Connect, check the host key (before any auth), authenticate, start the keepalive.
 
         Raises LoopbackViolation (before any packet), HostKeyError, or SSHError naming what
@@ -246,7 +285,7 @@ class BastionConnection:
             checked = hostkeys.verify(target, key)
             transport.auth_timeout = timeout
             method, used = authenticate_with_key(transport, bastion, where, passphrase,
-                                                 profile, logger)
+                                                 profile, logger, instance_key)
         except BaseException:
             transport.close()
             sock.close()

@@ -10,10 +10,16 @@ from bastion_tray.core.paths import app_paths
 
 
 def run_fallback_shell(config: Config, profile: str, host: HostConfig,
-                       command: list[str]) -> int:
+                       command: list[str], agent: str | None = None) -> int:
+    """`agent`: the daemon's private agent socket with the key pushed to the host
+    (ec2-instance-connect); it stands in for the user's ssh-agent here."""
+    import os
+
     from bastion_tray.adapters.interactive import open_session, run_session
 
     print("bastion-tray: no ssh binary found; using the built-in SSH client", file=sys.stderr)
+    if agent is not None:
+        os.environ["SSH_AUTH_SOCK"] = agent  # paramiko's Agent reads it; this process ends soon
     client = session.connect(config)
     pipe, leftover = client.open_pipe("proxy", profile=profile, host=host.hostname,
                                       port=host.port)

@@ -49,6 +49,8 @@ class RealAdapters:
         self._relay = Relay(name="relay")
         self._secrets: dict[str, str] = {}  # identity file → passphrase, in memory only
         self._watch: Any = None  # the MuxWatch of streams handed to ssh masters, once needed
+        self._clouds: dict[str, Any] = {}  # profile name → its Ec2Cloud (the resolved id)
+        self._instance_connect: dict[str, Any] = {}  # profile name → its InstanceConnect
 
     def _store(self, pin: str | None) -> Any:
         from bastion_tray.adapters import hostkeys
@@ -58,7 +60,42 @@ class RealAdapters:
     def cloud(self, profile: Profile) -> Cloud:
         from bastion_tray.adapters.cloud import Ec2Cloud
 
-        return Ec2Cloud(profile)
+        cloud = Ec2Cloud(profile)
+        self._clouds[profile.name] = cloud  # the daemon reads its config once: one per profile
+        return cloud
+
+    def _eic(self, profile: Profile) -> Any:
+        """The profile's EC2 Instance Connect handle (built on first use)."""
+        from bastion_tray.adapters.instance_connect import InstanceConnect
+
+        if profile.name not in self._instance_connect:
+            self._instance_connect[profile.name] = InstanceConnect(profile)
+        return self._instance_connect[profile.name]
+
+    def _bastion_keys(self, profile: str, bastion: BastionConfig) -> Any:
+        """identity = "ec2-instance-connect": the KeySource of one link (None otherwise). The
+        instance id is the one the lifecycle's describe resolved (a Name tag, or the id)."""
+        if not bastion.instance_connect:
+            return None
+        from bastion_tray.adapters.instance_connect import KeySource
+
+        cloud = self._clouds.get(profile)
+        if cloud is None:
+            raise SSHError(f"profile {profile} has no EC2 side to push a key with")
+        return KeySource(self._eic(cloud.profile),
+                         lambda: cloud.instance_id or bastion.instance_id, bastion.user,
+                         what="the bastion")
+
+    def lend_key(self, profile: Profile, host: HostConfig) -> Any:
+        """A private agent serving a key just pushed to `host` (ec2-instance-connect), for the
+        system ssh of `shell`; close it when the session no longer needs it."""
+        from bastion_tray.adapters.agent import PrivateAgent
+
+        if not host.instance_connect or not host.instance_id:
+            raise SSHError(f"host {host.name} does not use identity = \"ec2-instance-connect\"")
+        pushed = self._eic(profile).fresh_key(host.instance_id, host.user,
+                                              what=f"host {host.name}")
+        return PrivateAgent(pushed.key, comment=f"ec2-instance-connect {host.name}")
 
     def backstop(self, profile: Profile) -> Backstop:
         from bastion_tray.adapters.backstop import SchedulerBackstop
@@ -92,17 +129,20 @@ class RealAdapters:
         from bastion_tray.adapters.dataplane import DataPlaneLink
         from bastion_tray.adapters.ssh import BastionConnection
 
+        keys = self._bastion_keys(profile, bastion)
         try:
             conn = BastionConnection.open(
                 host, port, bastion, hostkeys=self._store(bastion.host_key), profile=profile,
                 keepalive_interval=settings.keepalive_interval,
-                passphrase=lambda path: self._secrets.get(str(path)), on_lost=on_lost)
+                passphrase=lambda path: self._secrets.get(str(path)), on_lost=on_lost,
+                instance_key=keys)
         except PassphraseNeeded as exc:
             if exc.wrong:
                 self._secrets.pop(exc.path, None)
             raise
         return DataPlaneLink(conn, bastion, mode=settings.data_plane, watch=self._mux_watch(),
-                             keepalive_interval=settings.keepalive_interval).start()
+                             keepalive_interval=settings.keepalive_interval,
+                             master_key=keys).start()
 
     def _mux_watch(self) -> Any:
         if self._watch is None:
@@ -160,6 +200,8 @@ class RealAdapters:
 
     def close(self) -> None:
         self._relay.close()
+        for handle in self._instance_connect.values():
+            handle.close()
         if self._watch is not None:
             self._watch.close()
 

@@ -65,7 +65,8 @@ def write_config(path: Path, targets: ConfigTargets, *, idle_timeout: str | int 
                  warn_before: str | int = "2m",
                  extra_bastion: Mapping[str, Value | None] | None = None,
                  extra_settings: Mapping[str, Value | None] | None = None,
-                 profile: str = PROFILE) -> Path:
+                 profile: str = PROFILE,
+                 extra_host: Mapping[str, Value | None] | None = None) -> Path:
     """Write the config; `extra_*` add or override keys (None removes one, e.g. `name`)."""
     identity = str(targets.identity_file)
     bastion: dict[str, Value | None] = {
@@ -79,7 +80,7 @@ def write_config(path: Path, targets: ConfigTargets, *, idle_timeout: str | int 
         ("profiles", profile, "bastion"): bastion,
         ("profiles", profile, "hosts", "appserver"): {
             "hostname": targets.appserver_host, "port": targets.appserver_port,
-            "user": targets.user, "identity_file": identity},
+            "user": targets.user, "identity_file": identity, **(extra_host or {})},
         ("profiles", profile, "forwards", "db"): {
             "local_port": targets.db_local_port, "remote_host": targets.db_host,
             "remote_port": targets.db_port},

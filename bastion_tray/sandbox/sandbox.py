@@ -28,6 +28,11 @@ from bastion_tray.core.team import SCHEDULE_GROUP, SCHEDULE_PREFIX
 from bastion_tray.sandbox import aws, console, keys, prereqs, standins, stubs, vpc
 from bastion_tray.sandbox.configfile import ConfigTargets, Value, write_config
 from bastion_tray.sandbox.errors import SandboxError
+from bastion_tray.sandbox.instance_connect import (
+    ENDPOINT_ENV,
+    InstanceConnectFront,
+    moto_instance_state,
+)
 from bastion_tray.sandbox.mariadb import MariaDB
 from bastion_tray.sandbox.net import can_bind, free_port, pick_loopback_address, ssh_banner
 from bastion_tray.sandbox.prereqs import find_tool, missing_prerequisites, sftp_server
@@ -90,6 +95,7 @@ class Sandbox:
         self._watcher: BastionWatcher | None = None
         self._schedule_runner: ScheduleRunner | None = None
         self._ec2: Any = None
+        self.instance_connect: InstanceConnectFront | None = None
         self._closed = False
 
     @classmethod
@@ -148,10 +154,10 @@ class Sandbox:
             database_future = pool.submit(self._db.start, self.db_host, self.db_port)
             self._start_aws(bastion_port)
             appserver = self._sshd("appserver", self.appserver_host, self.appserver_port,
-                                   self._appserver_key.private)
+                                   self._appserver_key.private, self.appserver_instance_id)
             appserver.start()
             self._bastion = self._sshd("bastion", self.eip, self.bastion_port,
-                                       self._bastion_key.private)
+                                       self._bastion_key.private, self.bastion_instance_id)
             database = database_future.result()
         self.db_name, self.db_user = database.name, database.user
         self.db_password = database.password
@@ -185,6 +191,9 @@ class Sandbox:
         self.region = aws.REGION
         self.env = aws.sandbox_aws_env(self.endpoint_url, self.workdir / "aws")
         self._ec2 = aws.ec2_client(self.endpoint_url)
+        self.instance_connect = InstanceConnectFront(  # AWS's part of ec2-instance-connect
+            moto_instance_state(aws.ec2_client(self.endpoint_url)), self.workdir / "eic")
+        self.env[ENDPOINT_ENV] = self.instance_connect.url
         private = {self.appserver_host, self.db_host}
 
         def port_for(address: str) -> int | None:
@@ -228,11 +237,14 @@ class Sandbox:
         self._wrapper = stubs.write_session_wrapper(self.workdir / "sshd" / "session.sh",
                                                     self.stub_dir)
 
-    def _sshd(self, name: str, host: str, port: int, host_key: Path) -> Sshd:
+    def _sshd(self, name: str, host: str, port: int, host_key: Path, instance_id: str) -> Sshd:
         binary, sftp = find_tool("sshd"), sftp_server()
         assert binary is not None and sftp is not None  # missing_prerequisites() checked them
+        eic = self.instance_connect
+        assert eic is not None  # _start_aws made it
         spec = SshdSpec(name, host, port, self.user, host_key, self._authorized_keys,
-                        self.stub_dir, self._wrapper, sftp, self.workdir / "sshd")
+                        self.stub_dir, self._wrapper, sftp, self.workdir / "sshd",
+                        keys_command=eic.keys_command, pushed_keys=eic.keys_dir(instance_id))
         return Sshd(spec, binary, self._procs)
 
     def _write_known_hosts(self) -> None:
@@ -370,7 +382,8 @@ class Sandbox:
                      warn_before: str | int = "2m",
                      extra_bastion: dict[str, Value | None] | None = None,
                      extra_settings: dict[str, Value | None] | None = None,
-                     db_local_port: int | None = None, profile: str = "foo") -> Path:
+                     db_local_port: int | None = None, profile: str = "foo",
+                     extra_host: dict[str, Value | None] | None = None) -> Path:
         """A bastion-tray config for `profile` pointing at this sandbox."""
         targets = ConfigTargets(
             self.region, vpc.BASTION_NAME, self.user, self.client_key, self.bastion_port,
@@ -378,7 +391,7 @@ class Sandbox:
             db_local_port if db_local_port is not None else self.db_forward_port)
         return write_config(path, targets, idle_timeout=idle_timeout, warn_before=warn_before,
                             extra_bastion=extra_bastion, extra_settings=extra_settings,
-                            profile=profile)
+                            profile=profile, extra_host=extra_host)
 
     def pids(self) -> dict[str, int]:
         """Processes this sandbox runs now ("name:pid" → pid), for leak checks."""
@@ -403,6 +416,8 @@ class Sandbox:
         if self._watcher is not None:
             self._watcher.close()
         self._procs.close()
+        if self.instance_connect is not None:
+            self.instance_connect.close()
         if self._db is not None:
             self._db.close()
         for server in reversed(self._standin_servers):

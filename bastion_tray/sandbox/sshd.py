@@ -34,6 +34,10 @@ class SshdSpec:
     session_wrapper: Path  # ForceCommand: re-prepends the stubs after profile files ran
     sftp_server: str  # external, so scp/sftp go through the wrapper like everything else
     state_dir: Path  # where the config, pidfile and log go
+    # EC2 Instance Connect (instance_connect.py): the AuthorizedKeysCommand script and this
+    # instance's directory of pushed keys; None: authorized_keys only
+    keys_command: Path | None = None
+    pushed_keys: Path | None = None
 
 
 def _q(value: object) -> str:
@@ -49,6 +53,7 @@ def render_config(spec: SshdSpec, *, as_root: bool) -> str:
         f"HostKey {_q(spec.host_key)}",
         f"PidFile {_q(spec.state_dir / f'sshd-{spec.name}.pid')}",
         f"AuthorizedKeysFile {_q(spec.authorized_keys)}",
+        *_keys_command(spec),
         f"AllowUsers {spec.user}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -72,6 +77,16 @@ def render_config(spec: SshdSpec, *, as_root: bool) -> str:
         f"Subsystem sftp {_q(spec.sftp_server)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _keys_command(spec: SshdSpec) -> list[str]:
+    """The pushed keys, besides authorized_keys. /bin/sh runs the script: as root, sshd runs
+    only a command that root owns in directories nobody else may write (the script is its
+    argument, not checked); it runs as the sandbox's user, who can read the keys."""
+    if spec.keys_command is None or spec.pushed_keys is None:
+        return []
+    return [f"AuthorizedKeysCommand /bin/sh {_q(spec.keys_command)} {_q(spec.pushed_keys)} %u",
+            f"AuthorizedKeysCommandUser {spec.user}"]
 
 
 class Sshd:

@@ -252,6 +252,19 @@ class ControlClient:
         sock.settimeout(None)
         return sock, reader.leftover()
 
+    def hold(self, op: str, *, on_event: EventCallback | None = None,
+             timeout: float | None = None, **args: Any) -> tuple[socket.socket, dict[str, Any]]:
+        """A request whose answer lasts as long as its connection (`lend-key`): the ok payload
+        and the socket; closing the socket ends what the daemon holds for it."""
+        sock, reader = self._open(op, args)
+        try:
+            ok = self._final_reply(op, sock, reader, on_event, timeout)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock, ok
+
     def open_proxy(self, *, stdio: tuple[int, int] | None, on_event: EventCallback | None = None,
                    **args: Any) -> tuple[socket.socket, bytes, bool]:
         """A `proxy` request. With `stdio` (stdin, stdout) and a daemon whose ssh master carries

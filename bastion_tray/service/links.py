@@ -156,6 +156,11 @@ class Adapters(Protocol):
         """Keep an identity file's passphrase in memory (None forgets it)."""
         ...
 
+    def lend_key(self, profile: Profile, host: HostConfig) -> Any:
+        """identity = "ec2-instance-connect" on `host`: a fresh key pushed to its instance, served
+        by a private agent (`.path`, its socket; `close()`), never written to disk."""
+        ...
+
     def close(self) -> None:
         """Stop the shared relay engine and whatever else the adapters hold."""
         ...

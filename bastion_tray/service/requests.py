@@ -29,6 +29,8 @@ log = logging.getLogger("bastion_tray.daemon")
 STDIO_FDS_TIMEOUT = 10.0  # a proxy client that asked to pass its stdio sends it at once
 
 PROGRESS_TYPES = {"progress", "ready", "error", "instance"}
+#: how long a key lent to `shell`'s ssh (lend-key) stays on its agent: AWS accepts it 60 s
+LENT_KEY_TTL = 120.0
 
 
 def _arg(req: Request, key: str) -> Any:
@@ -204,6 +206,28 @@ class Handlers:
             raise UsageError(str(exc)) from None
         req.reply_ok(self._with_progress(req, rt, lambda: trusting.trust(rt, wanted, host)))
 
+    def op_lend_key(self, req: Request) -> None:
+        """ec2-instance-connect for a private host's system ssh (`shell`): push a fresh key to
+        the host's instance and serve it on a private agent socket until the client closes
+        this connection (at most LENT_KEY_TTL). The key never leaves the daemon's memory."""
+        rt = self.runtime(req.args.get("profile"))
+        host = rt.profile.host(str(_arg(req, "host")))
+        if not host.instance_connect:
+            raise UsageError(f"host {host.name} of profile {rt.name} does not use identity = "
+                             '"ec2-instance-connect"')
+        agent = rt.adapters.lend_key(rt.profile, host)
+        try:
+            req.reply_ok({"profile": rt.name, "host": host.name, "agent": str(agent.path),
+                          "instance_id": host.instance_id, "ttl": LENT_KEY_TTL})
+            sock, _ = req.detach()
+        except BaseException:
+            agent.close()
+            raise
+        log.info("%s a key pushed to host %s (%s) is lent on %s until the session ends",
+                 rt.ctx, host.name, host.instance_id, agent.path)
+        threading.Thread(target=_lend_until_closed, args=(sock, agent, rt.ctx, host.name),
+                         daemon=True, name=f"lent-key-{rt.name}-{host.name}").start()
+
     def op_subscribe(self, req: Request) -> None:
         """A snapshot, then every event with a fresh status, until the client goes away."""
         with self.bus.subscribe() as sub:
@@ -224,6 +248,22 @@ class Handlers:
     def op_shutdown(self, req: Request) -> None:
         req.reply_ok({"pid": self.status()["daemon"]["pid"]})
         self.request_shutdown()
+
+
+def _lend_until_closed(sock: socket.socket, agent: Any, ctx: str, host: str) -> None:
+    """Serve a lent key until its client goes away (its ssh session ended) or the TTL."""
+    deadline = time.monotonic() + LENT_KEY_TTL
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(4096):
+                break
+    except OSError:  # timeout or reset: the agent goes either way
+        pass
+    finally:
+        agent.close()
+        sock.close()
+    log.info("%s the key lent for host %s is gone", ctx, host)
 
 
 def _host_arg(req: Request) -> str | None:

@@ -34,12 +34,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def ssh_argv(ssh: str, config: Config, profile: str, host: HostConfig,
-             options: list[str], command: list[str]) -> list[str]:
+             options: list[str], command: list[str], agent: str | None = None) -> list[str]:
+    """`agent`: the daemon's private agent socket holding a key just pushed to the host
+    (ec2-instance-connect); ssh offers its one key first, before any key file."""
     argv = [ssh, "-o", f"ProxyCommand={session.proxy_command(config, profile)}"]
     for key, value in openssh_options(host_alias(profile, host.name),
                                       str(app_paths().known_hosts)):
         argv += ["-o", f"{key}={value}"]
     argv += ["-p", str(host.port), "-l", host.user]
+    if agent is not None:
+        argv += ["-o", f"IdentityAgent={agent}"]
     if host.identity_file:
         argv += ["-i", str(host.identity_file)]
     for option in options:
@@ -98,18 +102,26 @@ def run(args: argparse.Namespace) -> int:
     profile = session.profile_arg(config, args.profile)
     host = profile.host(args.host)  # exit 2 listing the known hosts
     progress = session.ProgressPrinter()
+    lent: Any = None  # ec2-instance-connect: the daemon serves the pushed key while it is open
     with session.connect(config) as client:  # bring it up first, with progress, before ssh
         session.request(client, "start", profile, on_event=progress)
         progress.done()
         if not recorded(host_alias(profile.name, host.name)):
             make_known(client, profile.name, host)
-    ssh = shutil.which("ssh")
-    if ssh is None:
-        from bastion_tray.cli.fallback_shell import run_fallback_shell
+        if host.instance_connect:  # pushed last: the key is valid 60 s from now
+            lent, answer = client.hold("lend-key", profile=profile.name, host=host.name)
+    try:
+        agent = answer["agent"] if lent is not None else None
+        ssh = shutil.which("ssh")
+        if ssh is None:
+            from bastion_tray.cli.fallback_shell import run_fallback_shell
 
-        return run_fallback_shell(config, profile.name, host, args.trailing)
-    code = subprocess.call(ssh_argv(ssh, config, profile.name, host, args.ssh_options,
-                                    args.trailing))
+            return run_fallback_shell(config, profile.name, host, args.trailing, agent)
+        code = subprocess.call(ssh_argv(ssh, config, profile.name, host, args.ssh_options,
+                                        args.trailing, agent))
+    finally:
+        if lent is not None:
+            lent.close()
     if code == SSH_FAILED:
         with session.connect(config) as client:
             explain_failure(client, profile.name, host)
