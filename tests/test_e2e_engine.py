@@ -15,6 +15,7 @@ import pytest
 
 from bastion_tray.sandbox import Sandbox
 from tests.support.app import App, alive, wait_until
+from tests.support.console import no_console_output
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,7 +100,8 @@ def test_d_lazy_forward_starts_the_bastion_on_first_connection(make_app: type[Ap
 
 def test_e_host_keys_unknown_then_trusted_then_changed(make_app: type[App]) -> None:
     app = make_app(trusted=False)
-    proc = app.cli("up", "foo")
+    with no_console_output(app.sandbox):  # else the console output vouches for it at once
+        proc = app.cli("up", "foo")
     assert proc.returncode == 1, proc.stderr
     assert app.sandbox.bastion_host_key_fingerprint in proc.stderr
     assert "bastion-tray trust foo" in proc.stderr
@@ -366,14 +368,15 @@ def test_status_says_when_the_config_changed_under_the_daemon(make_app: type[App
 
 def test_trust_records_only_the_confirmed_key(make_app: type[App]) -> None:
     app = make_app(trusted=False)
-    wrong = "SHA256:" + "A" * 43
-    proc = app.cli("trust", "foo", "--fingerprint", wrong)
-    assert proc.returncode == 1 and "nothing was recorded" in proc.stderr
-    assert not app.known_hosts.exists() or app.sandbox.bastion_host_key_line.split()[1] \
-        not in app.known_hosts.read_text()
-    proc = app.cli("trust", "foo")  # no terminal, no --yes: asks nobody, records nothing
-    assert proc.returncode == 2 and "--yes" in proc.stderr
-    right = app.sandbox.bastion_host_key_fingerprint
-    app.cli("trust", "foo", "--fingerprint", right, check=True)
-    assert app.sandbox.bastion_host_key_line.split()[1] in app.known_hosts.read_text()
-    assert oct(app.known_hosts.stat().st_mode & 0o777) == "0o600"
+    with no_console_output(app.sandbox):  # only the user can confirm here
+        wrong = "SHA256:" + "A" * 43
+        proc = app.cli("trust", "foo", "--fingerprint", wrong)
+        assert proc.returncode == 1 and "nothing was recorded" in proc.stderr
+        assert not app.known_hosts.exists() or app.sandbox.bastion_host_key_line.split()[1] \
+            not in app.known_hosts.read_text()
+        proc = app.cli("trust", "foo")  # no terminal, no --yes: asks nobody, records nothing
+        assert proc.returncode == 2 and "--yes" in proc.stderr
+        right = app.sandbox.bastion_host_key_fingerprint
+        app.cli("trust", "foo", "--fingerprint", right, check=True)
+        assert app.sandbox.bastion_host_key_line.split()[1] in app.known_hosts.read_text()
+        assert oct(app.known_hosts.stat().st_mode & 0o777) == "0o600"

@@ -30,6 +30,7 @@ from bastion_tray.core.errors import ConfigError, UsageError
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.sandbox.vpc import IMAGE_ID, INSTANCE_TYPE
 from tests.support.app import App
+from tests.support.console import no_console_output
 from tests.test_cloud_team import AuthWorld, auth_moto
 
 pytestmark = pytest.mark.timeout(120)
@@ -341,7 +342,8 @@ def test_init_on_a_terminal_asks_then_trusts_the_bastion(
     app = App(sb, trusted=False)
     app.config.unlink()
     try:
-        with extra_instance(sb, "jump-host", "ssh"):
+        # no console output: trust asks (with it, the key is verified and nobody is asked)
+        with extra_instance(sb, "jump-host", "ssh"), no_console_output(sb):
             code, output = run_on_a_terminal(
                 [sys.executable, "-m", "bastion_tray", "init", "--region", sb.region,
                  "--identity-file", str(sb.client_key), "--user", sb.user,

@@ -24,6 +24,7 @@ from bastion_tray.sandbox import Sandbox
 from bastion_tray.ui.model import profile_state
 from tests.fixtures.statuses import FOLDER, STATES, profile, recorded, reply, write
 from tests.support.app import App, wait_until
+from tests.support.console import no_console_output
 
 # ---- from_json / to_json ------------------------------------------------------------------------
 
@@ -264,7 +265,8 @@ def live_replies(fresh_sandbox: Sandbox) -> Iterator[dict[str, dict[str, Any]]]:
         no_stop.cli("connect", "foo", "db", check=True)
         replies["auto_stop_off"] = Live(no_stop).status()
         apps.append(untrusted := App(fresh_sandbox, trusted=False, db_local_port=free_port()))
-        untrusted.cli("connect", "foo", "db")
+        with no_console_output(fresh_sandbox):  # else it vouches for the key: no error
+            untrusted.cli("connect", "foo", "db")
         replies["host_key_error"] = Live(untrusted).status()
         apps.append(late := App(fresh_sandbox, db_local_port=free_port()))
         late.cli("status", "--json", check=True)  # starts its daemon: it finds it running

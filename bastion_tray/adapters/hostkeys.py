@@ -5,7 +5,10 @@ Keys come from three places, checked in this order:
 
 1. the profile's ``host_key`` pin (a ``SHA256:…`` fingerprint). When set it alone decides.
 2. the app's own known_hosts (``AppPaths.known_hosts``): read and written, but written only by
-   `HostKeyStore.record`, which ``bastion-tray trust`` calls after the user confirmed.
+   `HostKeyStore.record`, which ``bastion-tray trust`` calls after the user confirmed — or
+   which `verify` calls on first contact (nothing known for the host at all) when the
+   instance's console output lists the presented key (the store's `vouch`; a key it does not
+   list is refused).
 3. the user's ``~/.ssh/known_hosts``: read only, hashed (``|1|…``) and wildcard entries included.
 
 Entries are keyed by the host's alias (``foo-bastion``, ``foo-appserver``; core/trust.py), as
@@ -26,6 +29,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +37,16 @@ from typing import Any
 import paramiko
 
 from bastion_tray.adapters.readiness import hostport, open_tcp
+from bastion_tray.core.console_keys import MISMATCH, ConsoleVerdict
 from bastion_tray.core.errors import HostKeyError, SSHError
 from bastion_tray.core.paths import ensure_private_dir
 from bastion_tray.core.trust import KeyTarget
 
 log = logging.getLogger(__name__)
+
+#: asked on first contact (nothing known for the host) what the console output says of a
+#: presented ``SHA256:…`` fingerprint (adapters/console.py)
+Vouch = Callable[[KeyTarget, str], ConsoleVerdict]
 
 #: the host-key algorithms paramiko negotiates for each key type found in a known_hosts file
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
@@ -153,8 +162,9 @@ class HostKeyStore:
     """
 
     def __init__(self, app_known_hosts: Path, *, pin: str | None = None,
-                 user_known_hosts: Path | None = None) -> None:
+                 user_known_hosts: Path | None = None, vouch: Vouch | None = None) -> None:
         self.app_known_hosts = app_known_hosts
+        self.vouch = vouch  # None: an unknown key fails at once (the trust hint)
         #: None → ~/.ssh/known_hosts; tests pass a path of their own
         self.user_known_hosts = (user_known_hosts if user_known_hosts is not None
                                  else Path.home() / ".ssh" / "known_hosts")
@@ -196,13 +206,34 @@ class HostKeyStore:
                             conflicts=same, others=others, name=name)
 
     def verify(self, target: KeyTarget, key: paramiko.PKey) -> HostKeyCheck:
-        """`check`, raising HostKeyError unless the key is trusted."""
+        """`check`, raising HostKeyError unless the key is trusted (or, on first contact,
+        listed in the instance's console output: then recorded under the alias)."""
         result = self.check(target, key)
+        if result.status == "unknown" and self.vouch is not None and not self.known(target)[1]:
+            return self._first_contact(target, key, result)
         if not result.trusted:
             raise host_key_error(result, target)
         log.debug("[profile=%s host=%s] host key %s trusted via %s", target.profile,
                   target.alias, result.fingerprint, result.matched and result.matched.where)
         return result
+
+    def _first_contact(self, target: KeyTarget, key: paramiko.PKey,
+                       result: HostKeyCheck) -> HostKeyCheck:
+        """Nothing is known for `target` at all (a changed key never gets here): the console
+        output decides, or the unknown-key error says why it could not."""
+        assert self.vouch is not None
+        verdict = self.vouch(target, result.fingerprint)
+        if verdict.outcome == MISMATCH:
+            raise console_mismatch_error(result, target, verdict)
+        if not verdict.verified:
+            raise host_key_error(result, target, why=verdict.reason)
+        path = self.record(target, key)
+        log.info("[profile=%s host=%s] host key %s of %s verified from the instance's console "
+                 "output (instance %s)", target.profile, target.alias, result.fingerprint,
+                 target.alias, verdict.instance_id or "?")
+        return HostKeyCheck("trusted", result.fingerprint, result.key_type, name=target.alias,
+                            matched=KnownKey(result.key_type, result.fingerprint, path,
+                                             blob=key.asbytes()))
 
     def preferred_key_types(self, target: KeyTarget,
                             default: tuple[str, ...]) -> tuple[str, ...]:
@@ -223,7 +254,8 @@ class HostKeyStore:
     def record(self, target: KeyTarget, key: paramiko.PKey) -> Path:
         """Append `key` under `target.alias` to the app's known_hosts (dir 0700, file 0600).
 
-        Only ``bastion-tray trust`` calls this, after the user confirmed the fingerprint. A key
+        Called by ``bastion-tray trust`` after the user confirmed the fingerprint, and on first
+        contact for a key the instance's console output lists (`verify`). A key
         that conflicts with one already known under the alias is refused: the old line must be
         removed by hand after verifying, so a changed key is never replaced silently.
         """
@@ -245,14 +277,18 @@ class HostKeyStore:
         return self.app_known_hosts
 
 
-def host_key_error(result: HostKeyCheck, target: KeyTarget) -> HostKeyError:
-    """The HostKeyError for a check that did not pass, with the way out in its hint."""
+def host_key_error(result: HostKeyCheck, target: KeyTarget, *,
+                   why: str | None = None) -> HostKeyError:
+    """The HostKeyError for a check that did not pass, with the way out in its hint; `why`:
+    why the console output could not vouch for an unknown key."""
     where, trust, fp = target.describe, target.trust_command, result.fingerprint
     if result.status == "unknown":
         extra = ""
         if result.others:
             kinds = ", ".join(sorted({e.key_type for e in result.others}))
             extra = f" ({result.key_type}; only {kinds} keys are known for it)"
+        if why:
+            extra += f"; not verified from the console output: {why}"
         return HostKeyError(f"unknown host key for {where}: {fp}{extra}", fingerprint=fp,
                             hint=f"verify it, then run: {trust}")
     old = result.conflicts[0]
@@ -277,6 +313,24 @@ def host_key_error(result: HostKeyCheck, target: KeyTarget) -> HostKeyError:
                 f"line {old.line} from {old.path} (ssh-keygen -R '{name}' -f {old.path}) "
                 f"and run: {trust}")
     return HostKeyError(message, fingerprint=fp, hint=hint)
+
+
+def console_mismatch_error(result: HostKeyCheck, target: KeyTarget,
+                           verdict: ConsoleVerdict) -> HostKeyError:
+    """The key presented on first contact is not among those the console output lists."""
+    fp, listed = result.fingerprint, ", ".join(sorted(verdict.listed))
+    instance = f" (instance {verdict.instance_id})" if verdict.instance_id else ""
+    message = (
+        f"HOST KEY NOT IN THE CONSOLE OUTPUT for {target.describe}!\n"
+        f"  console:   {listed}{instance}\n  presented: {fp} {result.key_type}\n"
+        "This could be an attack (someone intercepting the connection). No credentials were "
+        "sent, nothing was recorded.")
+    command = (f"aws ec2 get-console-output --instance-id {verdict.instance_id} --latest "
+               "--output text" if verdict.instance_id else "aws ec2 get-console-output")
+    return HostKeyError(message, fingerprint=fp, hint=(
+        f"compare with the console output yourself ({command}); if the instance's host keys "
+        "were replaced after its first boot, verify the presented key another way, then run: "
+        f"{target.trust_command} --fingerprint {fp}"))
 
 
 def negotiate(transport: paramiko.Transport, host: str, port: int, *,

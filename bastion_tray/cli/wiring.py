@@ -17,6 +17,7 @@ from bastion_tray.core.config import (
     Profile,
     Settings,
 )
+from bastion_tray.core.console_keys import ConsoleVerdict, unavailable
 from bastion_tray.core.errors import PassphraseNeeded, SSHError
 from bastion_tray.core.paths import AppPaths
 from bastion_tray.core.ports import Backstop, Channel, Cloud, Ingress, Progress
@@ -52,10 +53,20 @@ class RealAdapters:
         self._clouds: dict[str, Any] = {}  # profile name → its Ec2Cloud (the resolved id)
         self._instance_connect: dict[str, Any] = {}  # profile name → its InstanceConnect
 
-    def _store(self, pin: str | None) -> Any:
+    def _store(self, pin: str | None, vouch: Any = None) -> Any:
         from bastion_tray.adapters import hostkeys
 
-        return hostkeys.HostKeyStore(self._paths.known_hosts, pin=pin)
+        return hostkeys.HostKeyStore(self._paths.known_hosts, pin=pin, vouch=vouch)
+
+    def console_verdict(self, profile: str, fingerprint: str,
+                        instance_id: str | None = None) -> ConsoleVerdict:
+        """What the console output of the bastion (or `instance_id`) says of a host key."""
+        cloud = self._clouds.get(profile)
+        if cloud is None:
+            return unavailable(f"profile {profile} has no EC2 side to ask", instance_id)
+        from bastion_tray.adapters.console import console_verdict
+
+        return console_verdict(cloud, fingerprint, instance_id)
 
     def cloud(self, profile: Profile) -> Cloud:
         from bastion_tray.adapters.cloud import Ec2Cloud
@@ -132,7 +143,8 @@ class RealAdapters:
         keys = self._bastion_keys(profile, bastion)
         try:
             conn = BastionConnection.open(
-                host, port, bastion, hostkeys=self._store(bastion.host_key), profile=profile,
+                host, port, bastion, profile=profile, hostkeys=self._store(
+                    bastion.host_key, lambda target, fp: self.console_verdict(profile, fp)),
                 keepalive_interval=settings.keepalive_interval,
                 passphrase=lambda path: self._secrets.get(str(path)), on_lost=on_lost,
                 instance_key=keys)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from bastion_tray.core.config import BastionConfig, ForwardConfig, HostConfig, Profile, Settings
+from bastion_tray.core.console_keys import ConsoleVerdict
 from bastion_tray.core.ports import Backstop, Channel, Cloud, Ingress, Progress
 from bastion_tray.core.trust import KeyTarget
 
@@ -150,6 +151,12 @@ class Adapters(Protocol):
     def record_host_key(self, target: KeyTarget, line: str) -> str:
         """Record a confirmed key under `target.alias` in the app's known_hosts; the file's
         path. A key that conflicts with a known one raises HostKeyError (both fingerprints)."""
+        ...
+
+    def console_verdict(self, profile: str, fingerprint: str,
+                        instance_id: str | None = None) -> ConsoleVerdict:
+        """What the console output of the profile's bastion (or of `instance_id`) says of a
+        presented host key: verified, mismatch, or unavailable with the reason. Never raises."""
         ...
 
     def remember_passphrase(self, path: str, secret: str | None) -> None:

@@ -33,17 +33,27 @@ def host_key(rt: ProfileRuntime, host: object = None) -> dict[str, Any]:
         address = rt.ensure(lc.Goal.SSH)
         target: KeyTarget = bastion_target(rt.name, address, rt.profile.bastion.port)
         fingerprint, line = rt.adapters.fetch_host_key(target.host, target.port)
-        pin = rt.profile.bastion.host_key
+        pin, instance_id = rt.profile.bastion.host_key, None  # None: the bastion's own
     else:
         cfg = rt.profile.host(name)  # UsageError listing the known hosts
         target = private_target(rt.name, cfg.name, cfg.hostname, cfg.port)
         channel = rt.open_channel(cfg.hostname, cfg.port, ("127.0.0.1", 0))
         fingerprint, line = rt.adapters.fetch_host_key(cfg.hostname, cfg.port, via=channel)
-        pin = None
+        pin, instance_id = None, cfg.instance_id
     status, known, recorded = rt.adapters.host_key_status(target, line, pin)
-    return {"profile": rt.name, "target": name or BASTION, "alias": target.alias,
-            "host": target.host, "port": target.port, "fingerprint": fingerprint, "key": line,
-            "status": status, "known": known, "recorded": recorded}
+    reply = {"profile": rt.name, "target": name or BASTION, "alias": target.alias,
+             "host": target.host, "port": target.port, "fingerprint": fingerprint, "key": line,
+             "status": status, "known": known, "recorded": recorded}
+    if status == "unknown":  # what the instance's console output says of it (the CLI shows it)
+        if name is not None and instance_id is None:
+            reply["console"] = {"outcome": "unavailable", "listed": [], "instance_id": None,
+                                "reason": f"host {name} has no instance_id in the config"}
+        else:
+            verdict = rt.adapters.console_verdict(rt.name, fingerprint, instance_id)
+            reply["console"] = {"outcome": verdict.outcome, "reason": verdict.reason,
+                                "listed": sorted(verdict.listed),
+                                "instance_id": verdict.instance_id}
+    return reply
 
 
 def trust(rt: ProfileRuntime, wanted: str, host: object = None) -> dict[str, Any]:

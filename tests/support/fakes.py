@@ -322,6 +322,12 @@ class FakeAdapters:
         self.known_keys[target.alias] = line
         return "/fake/known_hosts"
 
+    def console_verdict(self, profile: str, fingerprint: str,
+                        instance_id: str | None = None) -> Any:
+        from bastion_tray.core.console_keys import unavailable
+
+        return unavailable("no console output in the in-process tests", instance_id)
+
     def remember_passphrase(self, path: str, secret: str | None) -> None:
         pass
 

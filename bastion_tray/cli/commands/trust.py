@@ -76,6 +76,32 @@ def changed_error(key: dict[str, Any]) -> HostKeyError:
              f"the app's known_hosts (ssh-keygen -R {key['alias']} -f FILE) and trust again")
 
 
+def console_says(key: dict[str, Any], *, yes: bool, expected: str | None) -> bool:
+    """Print what the instance's console output says of an unknown key; True when it vouches
+    for it (record without asking). A key it does not list is recorded only after an explicit
+    check: a typed --fingerprint or a "y" on the terminal, never --yes alone."""
+    console = key.get("console") or {}
+    outcome = console.get("outcome")
+    instance = f" of instance {console['instance_id']}" if console.get("instance_id") else ""
+    if outcome == "verified":
+        print(f"verified from the console output{instance}")
+        return True
+    if outcome == "mismatch":
+        listed = ", ".join(console.get("listed") or ())
+        print(f"WARNING: the console output{instance} lists other host keys: {listed}\n"
+              "This could be an attack (someone intercepting the connection), or the host's "
+              "keys were replaced after its first boot.")
+        if yes and expected is None:
+            raise HostKeyError(f"{describe(key)} presents {key['fingerprint']}, which its "
+                               "console output does not list; nothing was recorded",
+                               fingerprint=key["fingerprint"],
+                               hint="verify the key another way, then pass --fingerprint "
+                                    f"{key['fingerprint']}")
+    elif outcome:
+        print(f"not verified from the console output: {console.get('reason')}")
+    return False
+
+
 def trust_interactively(client: Any, profile: str, host: str | None, *, yes: bool = False,
                         expected: str | None = None, progress: Any = None) -> int:
     """Fetch, show, confirm, record: the whole of `trust` (also `shell` on an unknown host)."""
@@ -96,7 +122,10 @@ def trust_interactively(client: Any, profile: str, host: str | None, *, yes: boo
         return 0
     # trusted only under its address (an older version, ~/.ssh/known_hosts): the same key, now
     # recorded under the alias that OpenSSH clients look up — no question to ask again
-    if status != "trusted" and not confirm(key, yes=yes, expected=expected):
+    vouched = status == "unknown" and console_says(key, yes=yes, expected=expected)
+    if vouched and expected is not None:
+        confirm(key, yes=yes, expected=expected)  # raises unless it is the expected key
+    if status != "trusted" and not vouched and not confirm(key, yes=yes, expected=expected):
         print("not recorded")
         return 1
     reply = client.request("trust", profile=profile, host=host,
