@@ -70,10 +70,14 @@ class RealAdapters:
 
     def cloud(self, profile: Profile) -> Cloud:
         from bastion_tray.adapters.cloud import Ec2Cloud
+        from bastion_tray.service.usage import RecordingCloud, UsageRecord, record_path
 
         cloud = Ec2Cloud(profile)
         self._clouds[profile.name] = cloud  # the daemon reads its config once: one per profile
-        return cloud
+        # what its answers say is recorded for `cost` (service/usage.py)
+        record = UsageRecord(record_path(self._paths.state_dir, profile.name), profile.name,
+                             profile.region)
+        return RecordingCloud(cloud, record)
 
     def _eic(self, profile: Profile) -> Any:
         """The profile's EC2 Instance Connect handle (built on first use)."""

@@ -18,7 +18,7 @@ from typing import Any
 from bastion_tray.core.durations import KEEP_LIMIT, parse_bounded_duration
 from bastion_tray.core.errors import BastionTrayError, SSHError, UsageError
 from bastion_tray.core.trust import normalize_fingerprint
-from bastion_tray.service import trusting
+from bastion_tray.service import trusting, usage
 from bastion_tray.service.control import Request
 from bastion_tray.service.control_client import encode_line
 from bastion_tray.service.events import EventBus
@@ -47,7 +47,10 @@ class Handlers:
     def __init__(self, runtime: Callable[[object], ProfileRuntime],
                  status: Callable[..., dict[str, Any]], bus: EventBus,
                  request_shutdown: Callable[[], None]) -> None:
-        self.runtime, self.status, self.bus = runtime, status, bus
+        self.runtime, self.bus = runtime, bus
+        # each profile's `cost` figures ride along in every status (the tray shows them)
+        self.status: Callable[..., dict[str, Any]] = lambda *a, **kw: usage.add_costs(
+            status(*a, **kw), lambda name: runtime(name).cloud)
         self.request_shutdown = request_shutdown
 
     def handle(self, req: Request) -> None:
@@ -227,6 +230,16 @@ class Handlers:
                  rt.ctx, host.name, host.instance_id, agent.path)
         threading.Thread(target=_lend_until_closed, args=(sock, agent, rt.ctx, host.name),
                          daemon=True, name=f"lent-key-{rt.name}-{host.name}").start()
+
+    def op_cost(self, req: Request) -> None:
+        """Running hours and USD of one profile (`profile`) or all, from the daemon's record
+        of what it saw (service/usage.py); waits like `status` for the start-up describe."""
+        name = req.args.get("profile")
+        wanted = None if name is None else self.runtime(name).name
+        profiles = self.status(wait_discovery=10.0)["profiles"]
+        req.reply_ok({"profiles": {
+            n: p.get("cost") or usage.empty_cost(self.runtime(n).profile.region)
+            for n, p in profiles.items() if wanted is None or n == wanted}})
 
     def op_subscribe(self, req: Request) -> None:
         """A snapshot, then every event with a fresh status, until the client goes away."""

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bastion_tray.core.cost import tray_line
 from bastion_tray.core.status import ProfileStatus, Status
 from bastion_tray.core.statusline import status_line
 
@@ -128,6 +129,9 @@ def profile_entries(name: str, p: ProfileStatus, *, usable: bool = True,
     connected = running and p.bastion.ssh == "connected"
     state = p.bastion.state
     entries: list[Entry] = [Item(status_line(name, p, warn_before=warn_before), enabled=False)]
+    cost = cost_line(p)
+    if cost is not None:
+        entries.append(Item(cost, enabled=False))
     for fwd, info in p.forwards.items():
         entries.append(Item(f"Connect {fwd} ({info.local})", Action("connect", name, fwd),
                             enabled=usable and not starting, checked=info.listening))
@@ -145,6 +149,18 @@ def profile_entries(name: str, p: ProfileStatus, *, usable: bool = True,
         Item("Show ssh config", Action("show-ssh-config", name)),
     ]
     return entries
+
+
+def cost_line(p: ProfileStatus) -> str | None:
+    """"this month: 3.2 h · $0.07", from the `cost` the daemon adds to the status."""
+    figures = p.extra.get("cost")
+    if not isinstance(figures, Mapping):
+        return None
+    hours, usd = figures.get("running_hours"), figures.get("usd")
+    if isinstance(hours, bool) or not isinstance(hours, int | float):
+        return None
+    return tray_line(float(hours), float(usd) if isinstance(usd, int | float)
+                     and not isinstance(usd, bool) else None)
 
 
 def quit_label(status: Status | None) -> str:

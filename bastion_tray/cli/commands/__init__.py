@@ -4,6 +4,7 @@ from bastion_tray.cli.commands import (
     autostart,
     check_config,
     completion,
+    cost,
     daemon,
     demo,
     init,
@@ -18,5 +19,5 @@ from bastion_tray.cli.commands import (
     up,
 )
 
-ALL = [daemon, up, status, proxy, shell, ssh_config, stop, trust, tray, autostart, check_config,
-       init, demo, logs, completion]
+ALL = [daemon, up, status, cost, proxy, shell, ssh_config, stop, trust, tray, autostart,
+       check_config, init, demo, logs, completion]
