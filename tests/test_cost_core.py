@@ -200,3 +200,23 @@ def test_the_shipped_table_covers_the_small_types_in_its_regions() -> None:
 ])
 def test_the_tray_line(hours: float, usd: float | None, line: str) -> None:
     assert cost.tray_line(hours, usd) == line
+
+
+def test_the_update_script_rewrites_the_table_it_reads_unchanged() -> None:
+    """scripts/update_prices.py renders the block it replaces: the shipped table, rendered
+    again with its own date, is the file as it is — so a refresh diff shows only prices."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "update_prices.py"
+    spec = importlib.util.spec_from_file_location("update_prices", script)
+    assert spec is not None and spec.loader is not None
+    update = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update)
+    text = update.TABLE.read_text()
+    block = update.render(prices.PRICES, prices.TABLE_DATE, prices.TABLE_SOURCE)
+    assert update.rewrite(text, block) == text
+    cheaper = {r: {**kinds, "t3.micro": 0.001} for r, kinds in prices.PRICES.items()}
+    changed = update.rewrite(text, update.render(cheaper, "2027-01-01", prices.TABLE_SOURCE))
+    assert '"t3.micro": 0.001,' in changed and 'TABLE_DATE = "2027-01-01"' in changed
+    assert changed.endswith(text[text.index(update.END):])
