@@ -5,14 +5,17 @@ host gets its pushed key through the daemon's agent; a refused push says what to
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bastion_tray.sandbox import Sandbox
 from bastion_tray.sandbox.instance_connect import InstanceConnectFront
-from tests.support.app import App, wait_until
+from tests.support.app import App, alive, wait_until
 from tests.test_e2e_engine import local_port, query
 
 pytestmark = pytest.mark.timeout(180)
@@ -98,3 +101,36 @@ def test_a_private_host_that_is_not_an_instance_fails_clearly(make_app: type[App
     proc = app.cli("shell", "foo", "appserver", "-o", "BatchMode=yes", "--", "true")
     assert proc.returncode != 0
     assert "cannot find instance host appserver i-0123456789abcdef0" in proc.stderr, proc.stderr
+
+
+def test_the_generated_ssh_config_pushes_keys_through_the_daemons_agent(
+        make_app: type[App], sandbox: Sandbox, tmp_path: Path) -> None:
+    """`ssh foo-bastion` / `ssh foo-appserver` with no key file: the block's IdentityAgent is
+    the daemon's socket that pushes a key when ssh asks; ssh starts the daemon itself (the
+    ProxyCommand) before it asks."""
+    app = make_app(extra_bastion=EIC,
+                   extra_host={**EIC, "instance_id": sandbox.appserver_instance_id})
+    sb: Sandbox = app.sandbox
+    front(sb)
+    app.known_hosts.write_text(sb.trusted_lines())
+    app.env.pop("SSH_AUTH_SOCK", None)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    app.env["HOME"] = str(home)
+    text = app.cli("ssh-config", "foo", check=True).stdout
+    assert text.count("IdentityAgent ") == 2 and "IdentityFile" not in text
+    config = tmp_path / "ssh_config"
+    config.write_text(text)
+    pid = app.daemon_pid()  # ssh-config asked the daemon: end it, ssh's ProxyCommand starts one
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), 15, "the daemon to exit")
+    for alias, command in (("foo-bastion", "echo on-bastion"),
+                           ("foo-appserver", "echo on-appserver")):
+        proc = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", alias, command],
+                              env=app.env, capture_output=True, text=True, timeout=90)
+        assert proc.returncode == 0, proc.stderr + app.log()
+        assert proc.stdout.strip() == command.split()[1]
+    targets = {instance for instance, _, _ in front(sb).pushes}
+    assert {sb.bastion_instance_id, sb.appserver_instance_id} <= targets
+    assert list((home / ".ssh").iterdir()) == []

@@ -180,3 +180,43 @@ def test_a_restarted_ssh_master_gets_a_freshly_pushed_key(
     finally:
         plane.close()
         watch.close()
+
+
+def _list_identities(path: Path) -> int:
+    """How many keys the agent at `path` lists (draft-miller-ssh-agent REQUEST_IDENTITIES)."""
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(struct.pack(">IB", 1, 11))
+        size = struct.unpack(">I", sock.recv(4))[0]
+        reply = b""
+        while len(reply) < size:
+            reply += sock.recv(size - len(reply))
+    assert reply[0] == 12  # IDENTITIES_ANSWER
+    return int(struct.unpack(">I", reply[1:5])[0])
+
+
+def test_the_pushing_agent_offers_a_pushed_key_or_none_when_the_push_fails(
+        sandbox: Sandbox, handle: InstanceConnect, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from bastion_tray.adapters.instance_connect import PushingAgent
+
+    pushes = front(sandbox).pushes
+    good = PushingAgent(KeySource(handle, lambda: sandbox.appserver_instance_id, sandbox.user),
+                        tmp_path / "good.sock", "test")
+    bad = PushingAgent(KeySource(handle, lambda: UNKNOWN, sandbox.user),
+                       tmp_path / "bad.sock", "test")
+    try:
+        before = len(pushes)
+        assert _list_identities(good.path) == 1
+        assert len(pushes) == before + 1 and pushes[-1][0] == sandbox.appserver_instance_id
+        assert oct(good.path.stat().st_mode & 0o777) == "0o600"
+        assert _list_identities(bad.path) == 0
+        assert f"cannot find instance {UNKNOWN}" in caplog.text
+    finally:
+        good.close()
+        bad.close()
+    assert not good.path.exists() and not bad.path.exists()

@@ -41,16 +41,31 @@ def _take_string(data: bytes, at: int) -> tuple[bytes, int]:
 
 
 class PrivateAgent:
-    """Serves `key` (a paramiko PKey or AgentKey) on a private socket until `close()`."""
+    """Serves `key` (a paramiko PKey or AgentKey) on a private socket until `close()`.
 
-    def __init__(self, key: Any, comment: str = "bastion-tray") -> None:
-        self._key, self._blob, self._comment = key, key.asbytes(), comment.encode()
-        self._dir = Path(tempfile.mkdtemp(prefix="bt-agent-"))
-        self.path = self._dir / "agent.sock"
+    `path`: a socket path of the caller's (in a 0700 directory of its own), for an agent that
+    clients find by name; default a fresh 0700 temporary directory. A subclass may offer keys
+    made on demand (`_offer`, `_signer`).
+    """
+
+    def __init__(self, key: Any, comment: str = "bastion-tray", *,
+                 path: Path | None = None) -> None:
+        self._key, self._comment = key, comment.encode()
+        self._blob = key.asbytes() if key is not None else b""
+        self._dir: Path | None = None
+        if path is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="bt-agent-"))
+            path = self._dir / "agent.sock"
+        else:
+            _clear_stale(path)
+        self.path = path
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             self._listener.bind(str(self.path))
+        except OSError:
+            self._listener.close()
+            raise
         finally:
             os.umask(old)
         self.path.chmod(0o600)
@@ -64,7 +79,19 @@ class PrivateAgent:
             self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def _offer(self) -> list[tuple[Any, bytes]]:
+        """The keys to list now: (key, public blob)."""
+        return [(self._key, self._blob)]
+
+    def _signer(self, blob: bytes) -> Any | None:
+        """The key that signs for `blob`, if this agent offered it."""
+        return self._key if blob == self._blob else None
 
     def _accept(self) -> None:
         while not self._closed:
@@ -96,27 +123,45 @@ class PrivateAgent:
     def _answer(self, request: bytes) -> bytes:
         kind = request[0]
         if kind == REQUEST_IDENTITIES:
-            return (bytes([IDENTITIES_ANSWER]) + struct.pack(">I", 1) + _string(self._blob)
-                    + _string(self._comment))
+            offered = self._offer()
+            return (bytes([IDENTITIES_ANSWER]) + struct.pack(">I", len(offered))
+                    + b"".join(_string(blob) + _string(self._comment) for _, blob in offered))
         if kind == SIGN_REQUEST:
             try:
                 blob, at = _take_string(request, 1)
                 data, at = _take_string(request, at)
                 (flags,) = struct.unpack_from(">I", request, at) if at + 4 <= len(request) \
                     else (0,)
-                if blob != self._blob:
+                key = self._signer(blob)
+                if key is None:
                     return bytes([FAILURE])
                 algorithm = ("rsa-sha2-512" if flags & RSA_SHA2_512 else
                              "rsa-sha2-256" if flags & RSA_SHA2_256 else None)
-                if algorithm is not None and self._key.get_name() == "ssh-rsa":
-                    signature = self._key.sign_ssh_data(data, algorithm)
+                if algorithm is not None and key.get_name() == "ssh-rsa":
+                    signature = key.sign_ssh_data(data, algorithm)
                 else:
-                    signature = self._key.sign_ssh_data(data)
+                    signature = key.sign_ssh_data(data)
                 return bytes([SIGN_RESPONSE]) + _string(signature.asbytes())
             except Exception as exc:  # a malformed request or a key that can't sign
                 log.warning("private agent: a signature failed: %s", type(exc).__name__)
                 return bytes([FAILURE])
         return bytes([FAILURE])
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove a socket left by a daemon that died; a live one (something answers) stays, and
+    the bind then fails: that agent is someone else's to serve."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    finally:
+        probe.close()
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes | None:

@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import paramiko
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
@@ -23,9 +25,10 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bastion_tray.adapters.agent import PrivateAgent
 from bastion_tray.adapters.cloud import AwsHandle
 from bastion_tray.adapters.cloud_errors import translate, where
-from bastion_tray.core.errors import CloudError
+from bastion_tray.core.errors import BastionTrayError, CloudError
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +184,38 @@ class KeySource:
                 return last
             self._last = self._handle.fresh_key(instance_id, self._user, self._what)
             return self._last
+
+
+class PushingAgent(PrivateAgent):
+    """An agent socket at a known path for OpenSSH clients (`ssh foo-appserver` through the
+    generated ssh config: IdentityAgent): each time a client lists identities, `source` hands
+    a key the instance accepts now (KeySource: pushed, or the one pushed seconds ago), and that
+    key signs. A push that fails lists no key (ssh then says "Permission denied (publickey)")
+    and the reason goes to the daemon's log."""
+
+    RECENT = 8  # keys listed lately that may still be asked to sign
+
+    def __init__(self, source: KeySource, path: Path, comment: str) -> None:
+        self._source = source
+        self._recent: dict[bytes, paramiko.PKey] = {}
+        self._recent_lock = threading.Lock()
+        super().__init__(None, comment, path=path)
+
+    def _offer(self) -> list[tuple[Any, bytes]]:
+        try:
+            key = self._source()
+        except BastionTrayError as exc:
+            log.warning("ec2-instance-connect agent %s: no key to offer: %s", self.path,
+                        exc.message)
+            return []
+        blob = bytes(key.asbytes())
+        with self._recent_lock:
+            self._recent.pop(blob, None)
+            self._recent[blob] = key
+            while len(self._recent) > self.RECENT:
+                self._recent.pop(next(iter(self._recent)))
+        return [(key, blob)]
+
+    def _signer(self, blob: bytes) -> Any | None:
+        with self._recent_lock:
+            return self._recent.get(blob)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -24,6 +27,8 @@ from bastion_tray.core.ports import Backstop, Channel, Cloud, Ingress, Progress
 from bastion_tray.core.trust import KeyTarget
 from bastion_tray.service.links import Adapters, BastionLink, Listener, Pipe
 
+log = logging.getLogger("bastion_tray.daemon")
+
 
 def skip_unused_imports() -> None:
     """Keep paramiko from importing `invoke` (~15 MB of RSS in a daemon that idles all day).
@@ -37,7 +42,9 @@ def skip_unused_imports() -> None:
 
 def real_adapters(config: Config, paths: AppPaths) -> Adapters:
     skip_unused_imports()
-    return RealAdapters(paths)
+    adapters = RealAdapters(paths)
+    adapters.serve_instance_connect_agents(config)
+    return adapters
 
 
 class RealAdapters:
@@ -52,6 +59,7 @@ class RealAdapters:
         self._watch: Any = None  # the MuxWatch of streams handed to ssh masters, once needed
         self._clouds: dict[str, Any] = {}  # profile name → its Ec2Cloud (the resolved id)
         self._instance_connect: dict[str, Any] = {}  # profile name → its InstanceConnect
+        self._agents: list[Any] = []  # the PushingAgents OpenSSH clients find by path
 
     def _store(self, pin: str | None, vouch: Any = None) -> Any:
         from bastion_tray.adapters import hostkeys
@@ -98,8 +106,43 @@ class RealAdapters:
         if cloud is None:
             raise SSHError(f"profile {profile} has no EC2 side to push a key with")
         return KeySource(self._eic(cloud.profile),
-                         lambda: cloud.instance_id or bastion.instance_id, bastion.user,
-                         what="the bastion")
+                         functools.partial(self._bastion_id, profile, bastion.instance_id),
+                         bastion.user, what="the bastion")
+
+    def serve_instance_connect_agents(self, config: Config) -> None:
+        """An agent socket per ec2-instance-connect target (the bastion, private hosts) at the
+        path the generated ssh config names: `ssh foo-appserver` gets a key pushed as it asks.
+        A socket another daemon serves is left to it (this one is about to find that daemon
+        and exit)."""
+        if os.name != "posix" or not config.profiles:
+            return
+        from bastion_tray.adapters.instance_connect import KeySource, PushingAgent
+        from bastion_tray.core.paths import ensure_private_dir
+        from bastion_tray.core.trust import bastion_alias, host_alias
+        from bastion_tray.service.sshconfig import instance_connect_agent
+
+        for profile in config.profiles.values():
+            targets: list[tuple[str, Callable[[], str | None], str]] = []
+            b = profile.bastion
+            if b.instance_connect:
+                cloud_id = functools.partial(self._bastion_id, profile.name, b.instance_id)
+                targets.append((bastion_alias(profile.name), cloud_id, b.user))
+            for host in profile.hosts.values():
+                if host.instance_connect:
+                    targets.append((host_alias(profile.name, host.name),
+                                    lambda fixed=host.instance_id: fixed, host.user))
+            for alias, instance_id, user in targets:
+                path = instance_connect_agent(self._paths, alias)
+                ensure_private_dir(path.parent)
+                source = KeySource(self._eic(profile), instance_id, user, what=alias)
+                try:
+                    self._agents.append(PushingAgent(source, path, f"ec2-instance-connect {alias}"))
+                except OSError as exc:  # a live daemon's, or no room for the path
+                    log.info("not serving the ec2-instance-connect agent at %s: %s", path, exc)
+
+    def _bastion_id(self, profile: str, configured: str | None) -> str | None:
+        cloud = self._clouds.get(profile)
+        return (cloud.instance_id if cloud is not None else None) or configured
 
     def lend_key(self, profile: Profile, host: HostConfig) -> Any:
         """A private agent serving a key just pushed to `host` (ec2-instance-connect), for the
@@ -216,6 +259,8 @@ class RealAdapters:
 
     def close(self) -> None:
         self._relay.close()
+        for agent in self._agents:
+            agent.close()
         for handle in self._instance_connect.values():
             handle.close()
         if self._watch is not None:

@@ -10,9 +10,10 @@ instance's Name tag; each block checks its key from the app's known_hosts under 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bastion_tray.core.paths import app_paths
+from bastion_tray.core.paths import AppPaths, app_paths
 from bastion_tray.core.trust import bastion_alias, host_alias, openssh_options
 from bastion_tray.service.clientside import proxy_command
 
@@ -34,6 +35,9 @@ class SshHost:
     proxy_command: str
     host_key_alias: str
     known_hosts: str
+    # identity = "ec2-instance-connect": the daemon's agent socket that pushes a fresh key
+    # for this host whenever ssh asks it for one (no key file exists)
+    identity_agent: str | None = None
 
     def block(self) -> list[str]:
         lines = [f"Host {self.alias}", f"    HostName {self.hostname}", f"    User {self.user}",
@@ -42,11 +46,18 @@ class SshHost:
                   openssh_options(self.host_key_alias, self.known_hosts)]
         if self.identity_file:
             lines.append(f"    IdentityFile {_quoted(self.identity_file)}")
+        if self.identity_agent:
+            lines.append(f"    IdentityAgent {_quoted(self.identity_agent)}")
         lines.append(f"    ProxyCommand {self.proxy_command}")
         return lines
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def instance_connect_agent(paths: AppPaths, alias: str) -> Path:
+    """Where the daemon serves the ec2-instance-connect agent of `alias` (foo-appserver)."""
+    return paths.runtime_dir / "agents" / f"{alias}.sock"
 
 
 def _quoted(value: str) -> str:
@@ -55,18 +66,25 @@ def _quoted(value: str) -> str:
 
 def ssh_hosts(config: Config, profile: Profile) -> list[SshHost]:
     """The bastion's block first, then one per private host of `profile`."""
-    known_hosts = str(app_paths().known_hosts)
+    paths = app_paths()
+    known_hosts = str(paths.known_hosts)
     b = profile.bastion
     alias = bastion_alias(profile.name)
+
+    def agent(alias: str, instance_connect: bool) -> str | None:
+        return str(instance_connect_agent(paths, alias)) if instance_connect else None
+
     # the ProxyCommand ignores %h for @bastion: the daemon knows the address after each start
     hosts = [SshHost(alias, profile.name, "bastion", alias, b.port, b.user,
                      str(b.identity_file) if b.identity_file else None,
-                     proxy_command(config, profile.name, "@bastion %p"), alias, known_hosts)]
+                     proxy_command(config, profile.name, "@bastion %p"), alias, known_hosts,
+                     agent(alias, b.instance_connect))]
     for host in profile.hosts.values():
         alias = host_alias(profile.name, host.name)
         hosts.append(SshHost(alias, profile.name, host.name, host.hostname, host.port,
                              host.user, str(host.identity_file) if host.identity_file else None,
-                             proxy_command(config, profile.name), alias, known_hosts))
+                             proxy_command(config, profile.name), alias, known_hosts,
+                             agent(alias, host.instance_connect)))
     return hosts
 
 
