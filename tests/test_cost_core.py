@@ -196,6 +196,7 @@ def test_the_shipped_table_covers_the_small_types_in_its_regions() -> None:
     (3.2, 0.0652, "this month: 3.2 h · $0.07"),
     (0.0, 0.0, "this month: 0.0 h · $0.00"),
     (0.02, 0.0004, "this month: 1 min · <$0.01"),
+    (6.1 / 3600, 0.00003, "this month: 6 s · <$0.01"),
     (12.25, None, "this month: 12.2 h · $?"),
 ])
 def test_the_tray_line(hours: float, usd: float | None, line: str) -> None:

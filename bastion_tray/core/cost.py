@@ -223,8 +223,11 @@ def usage(observations: Sequence[Observation], region: str, *, now: float,
 
 
 def hours_text(hours: float) -> str:
-    """3.2 h; under 3 minutes in minutes ("2 min"), so a short run does not read as nothing."""
-    return f"{hours:.1f} h" if hours >= 0.05 or hours == 0 else f"{hours * 60:.0f} min"
+    """3.2 h; under 3 minutes in minutes or seconds, so a short run does not read as nothing."""
+    if hours >= 0.05 or hours <= 0:
+        return f"{max(hours, 0.0):.1f} h"
+    seconds = hours * 3600
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def usd_text(usd: float | None) -> str:
@@ -238,15 +241,15 @@ def tray_line(month_hours: float, month_usd: float | None) -> str:
     return f"this month: {hours_text(month_hours)} · {usd_text(month_usd)}"
 
 
-NOTE = ("from what this daemon saw (its describes, starts and stops of the instance); time "
-        "when no daemon of yours was watching, such as teammates' runs, is not in it")
+NOTE = ("from what this daemon saw: its describes, starts and stops of the instance; time no "
+        "daemon of yours watched (a teammate's run, say) is not in it")
 
 
 def _window_json(w: Window) -> dict[str, Any]:
     return {"running_hours": round(w.running_hours, 4),
             "running_seconds": round(w.running_seconds, 1),
             "ipv4_hours": round(w.ipv4_hours, 4),
-            "usd": None if w.usd is None else round(w.usd, 4)}
+            "usd": None if w.usd is None else round(w.usd, 6)}
 
 
 def usage_json(u: Usage) -> dict[str, Any]:
@@ -256,7 +259,7 @@ def usage_json(u: Usage) -> dict[str, Any]:
         "instance_type": u.instance_type,
         "region": u.region,
         "running_hours": round(u.month.running_hours, 4),  # this month: the contract's number
-        "usd": None if u.month.usd is None else round(u.month.usd, 4),
+        "usd": None if u.month.usd is None else round(u.month.usd, 6),
         "ipv4_hours": round(u.month.ipv4_hours, 4),
         "today": _window_json(u.today),
         "month": _window_json(u.month),

@@ -20,10 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = session.load(args)
-    wanted = {} if args.profile is None else {
-        "profile": session.profile_arg(config, args.profile).name}
+    wanted = None if args.profile is None else session.profile_arg(config, args.profile).name
     with session.connect(config) as client:
-        reply = client.request("cost", **wanted)
+        reply = (client.request("cost") if wanted is None
+                 else client.request("cost", profile=wanted))
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
         return 0
