@@ -40,6 +40,9 @@ pytestmark = pytest.mark.timeout(120)
 #: a real ed25519 public key that no sandbox sshd holds
 OTHER_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 OTHER_FP = line_fingerprint(OTHER_LINE)
+#: the live console of a bastion started again later: cloud-init prints the keys at first boot only
+LATER_BOOT = ("[    0.000000] Linux version 6.1.115-126.197.amzn2023.x86_64\r\n"
+              "[   11.5] cloud-init[1986]: Cloud-init v. 22.2.2 finished. Up 11.59 seconds\r\n")
 VERIFIED_LOG = re.compile(r"host key (SHA256:\S+) of foo-bastion verified from the instance's "
                           r"console output \(instance (i-[0-9a-f]+)\)")
 
@@ -67,10 +70,16 @@ def test_sandbox_console_output_holds_the_real_sshd_fingerprints(console: Sandbo
         reply = ec2.get_console_output(InstanceId=instance_id, Latest=True)
         assert reply["InstanceId"] == instance_id
         output = reply["Output"]  # botocore has decoded EC2's base64 already
-        assert "ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----" in output
+        assert "ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n" in output  # as EC2's
         assert f"256 {line_fingerprint(line)} root@" in output
         assert key_of(line) in output
+    console.set_console_output(console.bastion_instance_id, LATER_BOOT, latest=True)
+    latest = ec2.get_console_output(InstanceId=console.bastion_instance_id, Latest=True)
+    assert latest["Output"] == LATER_BOOT
+    snapshot = ec2.get_console_output(InstanceId=console.bastion_instance_id)["Output"]
+    assert line_fingerprint(console.bastion_host_key_line) in snapshot
     console.set_console_output(console.bastion_instance_id, None)
+    console.set_console_output(console.bastion_instance_id, None, latest=True)
     output = ec2.get_console_output(InstanceId=console.bastion_instance_id)["Output"]
     assert output.startswith("Linux version") and "SSH HOST KEY" not in output  # moto's own
 
@@ -92,6 +101,18 @@ def test_first_contact_is_verified_from_the_console_output_with_no_prompt(
     assert app.status()["bastion"]["ssh"] == "connected"
     # the recorded line is what OpenSSH clients (shell, ssh-config) check against
     assert app.cli("trust", "foo").stdout.rstrip().endswith("already trusted")
+
+
+def test_a_later_boots_live_output_without_keys_falls_back_to_the_first_boots_snapshot(
+        console: Sandbox, make_app: type[App]) -> None:
+    """A bastion started many times: its live output (Latest) holds no block any more, the
+    snapshot EC2 kept from an earlier boot still does, and host keys outlast reboots."""
+    app = make_app(trusted=False)
+    console.set_console_output(console.bastion_instance_id, LATER_BOOT, latest=True)
+    proc = app.cli("up", "foo")
+    assert proc.returncode == 0, proc.stderr + app.log()
+    assert VERIFIED_LOG.search(app.log()), app.log()
+    assert app.known_hosts.read_text() == f"foo-bastion {console.bastion_host_key_line}\n"
 
 
 def test_without_console_output_the_unknown_key_error_names_trust(

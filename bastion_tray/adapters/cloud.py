@@ -255,13 +255,17 @@ class Ec2Cloud(AwsHandle):
             Resources=[instance_id], Tags=[{"Key": lease_key(user_id)}]))
         log.debug("%s lease %s released", self._ctx(), user_id)
 
-    def console_output(self, instance_id: str | None = None) -> str | None:
-        """GetConsoleOutput of the bastion (or `instance_id`), the latest where the instance
-        type offers it: the text (botocore decodes EC2's base64), None when EC2 holds none.
+    def console_output(self, instance_id: str | None = None, *,
+                       latest: bool = True) -> str | None:
+        """GetConsoleOutput of the bastion (or `instance_id`): with `latest`, the live output
+        where the instance type offers it (Nitro), else the snapshot EC2 took at the last
+        lifecycle change. The text (botocore decodes EC2's base64); None when EC2 holds none.
         Raises CloudError; adapters/console.py turns that into a reason to fall back."""
         iid = instance_id or self._resolved_id()
 
         def read(ec2: Any) -> Any:
+            if not latest:
+                return ec2.get_console_output(InstanceId=iid)
             try:
                 return ec2.get_console_output(InstanceId=iid, Latest=True)
             except ClientError as exc:  # Latest is for Nitro types; the others keep a snapshot

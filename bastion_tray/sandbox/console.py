@@ -46,9 +46,11 @@ def amazon_linux_output(public_lines: list[str], hostname: str) -> str:
     return "\r\n".join(lines)
 
 
-def write_output(directory: Path, instance_id: str, text: str | None) -> None:
-    """Make `text` the instance's console output; None: moto's canned one (no fingerprints)."""
-    path = console_file(directory, instance_id)
+def write_output(directory: Path, instance_id: str, text: str | None, *,
+                 latest: bool = False) -> None:
+    """Make `text` the instance's console output (`latest`: what ``Latest=true`` answers;
+    None there: the same as without); None: moto's canned one (no fingerprints)."""
+    path = console_file(directory, instance_id, latest=latest)
     if path is None:
         raise ValueError(f"not an instance id: {instance_id!r}")
     if text is None:
@@ -56,5 +58,6 @@ def write_output(directory: Path, instance_id: str, text: str | None) -> None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:  # CRLFs stay CRLFs
+        handle.write(text)
     tmp.replace(path)  # a GetConsoleOutput never reads half a file

@@ -4,7 +4,8 @@ moto answers every GetConsoleOutput with the same canned kernel log. A real inst
 holds the fingerprints of its sshd's host keys, which is what bastion-tray verifies a first
 contact against, so the sandbox writes ``<console-dir>/<instance-id>.txt`` (Amazon-Linux-like
 text holding its real sshd's fingerprints; sandbox/console.py) and this server hands it out.
-No file: moto's own answer, as before.
+``<instance-id>.latest.txt``, when present, answers ``Latest=true`` instead (the live output of
+a later boot, which no longer prints the keys). No file: moto's own answer, as before.
 
 Run as ``python -m bastion_tray.sandbox.motoserver --console-dir DIR [moto.server options]``.
 """
@@ -20,12 +21,22 @@ from typing import Any
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 
 
-def console_file(console_dir: Path, instance_id: str) -> Path | None:
-    """Where the sandbox keeps `instance_id`'s console output; None for a malformed id (the
-    id comes from a request: it never becomes a path outside `console_dir`)."""
+def console_file(console_dir: Path, instance_id: str, *, latest: bool = False) -> Path | None:
+    """Where the sandbox keeps `instance_id`'s console output (`latest`: the live one); None
+    for a malformed id (it comes from a request: never a path outside `console_dir`)."""
     if not _INSTANCE_ID.fullmatch(instance_id):
         return None
-    return console_dir / f"{instance_id}.txt"
+    return console_dir / f"{instance_id}{'.latest' if latest else ''}.txt"
+
+
+def _read(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:  # CRLFs as written
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def patch_console_output(console_dir: Path) -> None:
@@ -39,11 +50,11 @@ def patch_console_output(console_dir: Path) -> None:
 
     def get_console_output(self: Any) -> Any:
         instance_id = str(self._get_param("InstanceId"))
-        path = console_file(console_dir, instance_id)
-        try:
-            text = path.read_text(encoding="utf-8") if path is not None else None
-        except FileNotFoundError:
-            text = None
+        text = None
+        if self._get_bool_param("Latest", False):
+            text = _read(console_file(console_dir, instance_id, latest=True))
+        if text is None:
+            text = _read(console_file(console_dir, instance_id))
         if text is None:
             return moto_answer(self)
         instance = self.ec2_backend.get_instance(instance_id)  # InvalidInstanceID.NotFound

@@ -278,10 +278,13 @@ class Sandbox:
         self.restore_console_output()  # a rebuilt machine prints its new keys
         return self._appserver_key.public_line
 
-    def set_console_output(self, instance_id: str, text: str | None) -> None:
-        """What GetConsoleOutput answers for the instance; None: moto's canned kernel log,
-        which lists no host keys. `restore_console_output` (and `reset`) undo it."""
-        console.write_output(console.console_dir(self.workdir / "aws"), instance_id, text)
+    def set_console_output(self, instance_id: str, text: str | None, *,
+                           latest: bool = False) -> None:
+        """What GetConsoleOutput answers for the instance (`latest`: with Latest=true; None
+        there: the same as without); None: moto's canned kernel log, which lists no host keys.
+        `restore_console_output` (and `reset`) undo it."""
+        console.write_output(console.console_dir(self.workdir / "aws"), instance_id, text,
+                             latest=latest)
 
     def restore_console_output(self) -> None:
         """The bastion's and the app server's console output as Amazon Linux prints it at
@@ -291,6 +294,7 @@ class Sandbox:
                 (self.appserver_instance_id, self._appserver_key, "ip-10-0-0-115")):
             self.set_console_output(instance_id, console.amazon_linux_output(
                 [key.public_line], hostname))
+            self.set_console_output(instance_id, None, latest=True)
 
     # --- using it ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ def no_console_output(sandbox: Sandbox) -> Iterator[Sandbox]:
     restored afterwards (the sandbox is shared by the session)."""
     for instance_id in (sandbox.bastion_instance_id, sandbox.appserver_instance_id):
         sandbox.set_console_output(instance_id, None)
+        sandbox.set_console_output(instance_id, None, latest=True)
     try:
         yield sandbox
     finally:
