@@ -50,6 +50,8 @@ def _launch(ec2: Any, name: str, subnet_id: str, group_ids: list[str]) -> str:
     reply = ec2.run_instances(
         ImageId=IMAGE_ID, InstanceType=INSTANCE_TYPE, MinCount=1, MaxCount=1,
         SubnetId=subnet_id, SecurityGroupIds=group_ids,
+        # IMDSv2 only, as the seed should be (`audit`'s imdsv2 check); moto's default is optional
+        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
         TagSpecifications=[{"ResourceType": "instance",
                             "Tags": [{"Key": "Name", "Value": name}]}])
     return str(reply["Instances"][0]["InstanceId"])
@@ -72,7 +74,10 @@ def allocate_loopback_eip(ec2: Any, port_for: Callable[[str], int | None]) -> tu
     raise SandboxError(f"no usable loopback Elastic IP from moto in {EIP_TRIES} allocations")
 
 
-def seed_vpc(ec2: Any, port_for: Callable[[str], int | None]) -> SeededVpc:
+def seed_vpc(ec2: Any, port_for: Callable[[str], int | None], *,
+             names: tuple[str, str] = (BASTION_NAME, APPSERVER_NAME)) -> SeededVpc:
+    """`names`: the bastion's and the app server's Name tags (another VPC in the same moto
+    needs its own: Name lookups must stay unique)."""
     vpc_id = str(ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"])
     public = str(ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"])
     private = str(ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"])
@@ -82,8 +87,8 @@ def seed_vpc(ec2: Any, port_for: Callable[[str], int | None]) -> SeededVpc:
               "web": _group(ec2, vpc_id, "web", 80),
               "ssh": _group(ec2, vpc_id, "ssh", 22)}
 
-    bastion = _launch(ec2, BASTION_NAME, public, [groups["default"], groups["ssh"]])
-    appserver = _launch(ec2, APPSERVER_NAME, private, [groups["default"], groups["web"]])
+    bastion = _launch(ec2, names[0], public, [groups["default"], groups["ssh"]])
+    appserver = _launch(ec2, names[1], private, [groups["default"], groups["web"]])
     eip, allocation, port = allocate_loopback_eip(ec2, port_for)
     ec2.associate_address(InstanceId=bastion, AllocationId=allocation)
     ec2.stop_instances(InstanceIds=[bastion])

@@ -1,6 +1,7 @@
 """One module per subcommand; each has `register(subparsers)` that sets `run` as the default."""
 
 from bastion_tray.cli.commands import (
+    audit,
     autostart,
     check_config,
     completion,
@@ -20,4 +21,4 @@ from bastion_tray.cli.commands import (
 )
 
 ALL = [daemon, up, status, cost, proxy, shell, ssh_config, stop, trust, tray, autostart,
-       check_config, init, demo, logs, completion]
+       check_config, init, audit, demo, logs, completion]

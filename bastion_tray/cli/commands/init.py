@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
     backup = _write(path, text, existed=existing is not None)
     print(f"wrote profile {name} to {path}"
           + (f" (the previous file is in {backup})" if backup else ""))
+    from bastion_tray.cli.commands import audit
+
+    audit.after_init(path, source, name)  # printed only: a fail there is not init's failure
     return _next_steps(args, path, source, plan, prompt)
 
 
