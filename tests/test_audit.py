@@ -17,9 +17,8 @@ from typing import Any
 import boto3
 import pytest
 
-from bastion_tray.sandbox import Sandbox
+from bastion_tray.sandbox import Sandbox, vpc
 from bastion_tray.sandbox import aws as sandbox_aws
-from bastion_tray.sandbox import vpc
 from bastion_tray.sandbox.postures import posture_vpc
 from bastion_tray.sandbox.procs import ProcessSet
 from tests.support.app import App
@@ -79,7 +78,8 @@ def test_the_human_form_has_a_line_per_check_its_fix_and_a_summary(seed_app: App
     proc = seed_app.cli("audit", "foo")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"audit of foo: bastion foo-bastion ({seed_app.sandbox.vpc.bastion_id})")
+    bastion_id = seed_app.sandbox.vpc.bastion_id
+    assert lines[0].startswith(f"audit of foo: bastion foo-bastion ({bastion_id})")
     for check_id, status in SEED.items():
         assert any(line.startswith(f"{status.upper():<4}  {check_id} ") for line in lines), \
             (check_id, proc.stdout)

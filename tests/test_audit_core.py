@@ -13,17 +13,12 @@ from bastion_tray.core.audit import (
     PASS,
     WARN,
     Check,
-    Database,
-    ElasticIp,
-    Group,
-    Instance,
-    Posture,
     Report,
-    Rule,
     audit,
     is_small,
     revoke_command,
 )
+from bastion_tray.core.posture import Database, ElasticIp, Group, Instance, Posture, Rule
 
 R = "ap-northeast-1"
 VPC = "vpc-1"

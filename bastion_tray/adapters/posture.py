@@ -27,7 +27,9 @@ from bastion_tray.adapters.cloud_errors import (
     where,
 )
 from bastion_tray.adapters.discovery import init_session
-from bastion_tray.core.audit import (
+from bastion_tray.core.config import Profile
+from bastion_tray.core.errors import CloudError, CredentialsError
+from bastion_tray.core.posture import (
     Database,
     ElasticIp,
     Group,
@@ -35,8 +37,6 @@ from bastion_tray.core.audit import (
     Posture,
     Rule,
 )
-from bastion_tray.core.config import Profile
-from bastion_tray.core.errors import CloudError, CredentialsError
 
 log = logging.getLogger(__name__)
 
