@@ -31,6 +31,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from bastion_tray.sandbox import aws
 from bastion_tray.sandbox.net import require_loopback
 
 log = logging.getLogger(__name__)
@@ -234,3 +235,11 @@ def moto_instance_state(ec2: Any) -> Callable[[str], str | None]:
         return None
 
     return state
+
+
+def start_front(endpoint_url: str, state_dir: Path, env: dict[str, str]) -> InstanceConnectFront:
+    """The front for the sandbox whose moto is at `endpoint_url`; `env` (the sandbox's) gets
+    the variable that sends boto3's ec2-instance-connect calls to it."""
+    front = InstanceConnectFront(moto_instance_state(aws.ec2_client(endpoint_url)), state_dir)
+    env[ENDPOINT_ENV] = front.url
+    return front

@@ -28,11 +28,7 @@ from bastion_tray.core.team import SCHEDULE_GROUP, SCHEDULE_PREFIX
 from bastion_tray.sandbox import aws, console, keys, prereqs, standins, stubs, vpc
 from bastion_tray.sandbox.configfile import ConfigTargets, Value, write_config
 from bastion_tray.sandbox.errors import SandboxError
-from bastion_tray.sandbox.instance_connect import (
-    ENDPOINT_ENV,
-    InstanceConnectFront,
-    moto_instance_state,
-)
+from bastion_tray.sandbox.instance_connect import InstanceConnectFront, start_front
 from bastion_tray.sandbox.mariadb import MariaDB
 from bastion_tray.sandbox.net import can_bind, free_port, pick_loopback_address, ssh_banner
 from bastion_tray.sandbox.prereqs import find_tool, missing_prerequisites, sftp_server
@@ -191,9 +187,7 @@ class Sandbox:
         self.region = aws.REGION
         self.env = aws.sandbox_aws_env(self.endpoint_url, self.workdir / "aws")
         self._ec2 = aws.ec2_client(self.endpoint_url)
-        self.instance_connect = InstanceConnectFront(  # AWS's part of ec2-instance-connect
-            moto_instance_state(aws.ec2_client(self.endpoint_url)), self.workdir / "eic")
-        self.env[ENDPOINT_ENV] = self.instance_connect.url
+        self.instance_connect = start_front(self.endpoint_url, self.workdir / "eic", self.env)
         private = {self.appserver_host, self.db_host}
 
         def port_for(address: str) -> int | None:
