@@ -4,6 +4,8 @@ only when told, and a spawner that runs slow work inline or holds it (a hanging 
 from __future__ import annotations
 
 import tempfile
+import threading
+from types import SimpleNamespace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
