@@ -220,3 +220,27 @@ def test_the_pushing_agent_offers_a_pushed_key_or_none_when_the_push_fails(
         good.close()
         bad.close()
     assert not good.path.exists() and not bad.path.exists()
+
+
+def test_an_unreachable_endpoint_names_the_variable_that_chooses_it(
+        sandbox_env: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT", "http://127.0.0.1:1")
+    profile = Profile("foo", sandbox_env.region, None, bastion_config(sandbox_env))
+    with InstanceConnect(profile) as eic, pytest.raises(CloudError) as err:
+        eic.fresh_key(sandbox_env.bastion_instance_id, sandbox_env.user, "the bastion")
+    assert err.value.message.startswith(
+        "cannot reach the EC2 Instance Connect API at http://127.0.0.1:1 to push a key for the "
+        f"bastion {sandbox_env.bastion_instance_id}")
+    assert "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT" in (err.value.hint or "")
+
+
+def test_no_credentials_is_a_credentials_error(sandbox_env: Sandbox,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion_tray.core.errors import CredentialsError
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    profile = Profile("foo", sandbox_env.region, None, bastion_config(sandbox_env))
+    with InstanceConnect(profile) as eic, pytest.raises(CredentialsError,
+                                                       match="no AWS credentials were found"):
+        eic.fresh_key(sandbox_env.bastion_instance_id, sandbox_env.user)
