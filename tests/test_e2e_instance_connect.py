@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,21 @@ def test_the_generated_ssh_config_pushes_keys_through_the_daemons_agent(
     targets = {instance for instance, _, _ in front(sb).pushes}
     assert {sb.bastion_instance_id, sb.appserver_instance_id} <= targets
     assert list((home / ".ssh").iterdir()) == []
+
+
+def test_the_built_in_client_gets_the_lent_key_where_no_ssh_binary_exists(
+        make_app: type[App], sandbox: Sandbox, tmp_path: Path) -> None:
+    app = make_app(extra_bastion=EIC,
+                   extra_host={**EIC, "instance_id": sandbox.appserver_instance_id})
+    front(app.sandbox)
+    app.known_hosts.write_text(app.sandbox.trusted_lines())
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in app.env.items() if k != "SSH_AUTH_SOCK"}
+    proc = subprocess.run([sys.executable, "-m", "bastion_tray", "shell", "foo", "appserver",
+                           "--", "echo", "built-in:$((6*7))"], env={**env, "PATH": str(empty)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr + app.log()
+    assert "built-in SSH client" in proc.stderr
+    assert proc.stdout.strip() == "built-in:42"
+    assert "is lent on" in app.log()
