@@ -1,4 +1,5 @@
-"""A private SSH agent that holds one key, for the daemon's own `ssh` master.
+"""A private SSH agent that holds one key, for the daemon's own `ssh` master (and, for
+ec2-instance-connect, the system ssh of `shell` and of the generated ssh config).
 
 The key stays in the daemon's memory (loaded with a passphrase the user typed, or a key of the
 user's own ssh-agent, which signs through it): no file is written, nothing else is offered. The

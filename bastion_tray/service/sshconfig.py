@@ -5,6 +5,8 @@ starts the bastion on demand. Shown by `bastion-tray ssh-config` and by the tray
 Hosts are always ``<profile>-bastion`` and ``<profile>-<host>`` (core/trust.py), whatever the
 instance's Name tag; each block checks its key from the app's known_hosts under that alias with
 ``StrictHostKeyChecking yes``, so OpenSSH never accepts a key on first sight nor writes one.
+A host with ``identity = "ec2-instance-connect"`` names the daemon's agent socket for it
+(``IdentityAgent``), which pushes a fresh key whenever ssh asks for one.
 """
 
 from __future__ import annotations

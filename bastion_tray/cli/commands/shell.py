@@ -5,7 +5,9 @@ and ssh settings apply — except host keys: HOST's key is checked from the app'
 under its alias (``foo-appserver``) with ``StrictHostKeyChecking yes``, exactly as the daemon
 checks the bastion, so nothing is accepted on first sight or written to ``~/.ssh``. An unknown
 key is offered for trust first (on a terminal), like ``bastion-tray trust PROFILE HOST``.
-Exits with ssh's exit code.
+A host with ``identity = "ec2-instance-connect"`` gets a key the daemon pushed just before, lent
+through its private agent socket (``IdentityAgent``) for as long as the session lasts: no key
+file exists. Exits with ssh's exit code.
 """
 
 from __future__ import annotations
