@@ -212,6 +212,28 @@ def test_trust_of_a_private_host_with_instance_id_is_verified_from_its_console(
     assert f"foo-appserver {console.appserver_host_key_line}" in app.known_hosts.read_text()
 
 
+def test_shell_without_a_terminal_trusts_a_private_host_its_console_vouches_for(
+        console: Sandbox, make_app: type[App]) -> None:
+    app = make_app()  # the bastion trusted; the app server not
+    header = "[profiles.foo.hosts.appserver]\n"
+    app.config.write_text(app.config.read_text().replace(
+        header, f'{header}instance_id = "{console.appserver_instance_id}"\n'))
+    proc = app.cli("shell", "foo", "appserver", "--", "echo", "through-the-bastion")
+    assert proc.returncode == 0, proc.stdout + proc.stderr + app.log()
+    assert "through-the-bastion" in proc.stdout
+    assert "verified from the console output" in proc.stderr
+    assert f"foo-appserver {console.appserver_host_key_line}" in app.known_hosts.read_text()
+
+
+def test_shell_without_a_terminal_still_refuses_a_host_with_no_console_to_vouch(
+        console: Sandbox, make_app: type[App]) -> None:
+    app = make_app()  # no instance_id on the app server: nothing can vouch for its key
+    proc = app.cli("shell", "foo", "appserver", "--", "true")
+    assert proc.returncode != 0
+    assert "bastion-tray trust foo appserver" in proc.stderr
+    assert "foo-appserver" not in app.known_hosts.read_text()
+
+
 # --- no permission: the adapter degrades, the store falls back to `trust` -----------------------
 
 
