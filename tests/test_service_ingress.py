@@ -7,15 +7,7 @@ from __future__ import annotations
 from bastion_tray.core import lifecycle as lc
 from bastion_tray.core.errors import CloudError
 from tests.support.fakes import Harness
-
-IDLE = 600.0
-
-
-def up(h: Harness) -> None:
-    waiter = h.rt.request()
-    h.ticks(2)
-    assert waiter.done.is_set() and waiter.error is None, waiter.error
-    assert h.status()["bastion"]["ssh"] == "connected"
+from tests.test_service_team import IDLE, up
 
 
 def test_the_rule_is_granted_before_ssh_renewed_with_the_lease_and_revoked_at_the_stop() -> None:

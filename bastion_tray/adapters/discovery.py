@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -137,8 +137,9 @@ def search_profile(region: str, aws_profile: str | None, name: str = "init") -> 
                                          identity_file=None))
 
 
-class Discovery:
-    """Read-only look-ups in one region with one set of credentials. A handle: close() it."""
+class ReadOnlyAws:
+    """boto3 clients of several services for one profile's look-ups (init, audit), built on
+    first use from one session. A handle: close() it (or use `with`)."""
 
     def __init__(self, profile: Profile, session_factory: SessionFactory | None = None, *,
                  limits: ApiLimits | None = None) -> None:
@@ -147,6 +148,33 @@ class Discovery:
         self._limits = limits or ApiLimits()
         self._session: boto3.session.Session | None = None
         self._clients: dict[str, Any] = {}
+
+    def close(self) -> None:
+        clients, self._clients, self._session = self._clients, {}, None
+        for client in clients.values():
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _client(self, service: str) -> Any:
+        if service not in self._clients:
+            if self._session is None:
+                self._session = self._session_factory(self._profile)
+            self._clients[service] = self._session.client(
+                service, config=self._limits.client_config())
+        return self._clients[service]
+
+
+class Discovery(ReadOnlyAws):
+    """Read-only look-ups in one region with one set of credentials. A handle: close() it."""
+
+    def __init__(self, profile: Profile, session_factory: SessionFactory | None = None, *,
+                 limits: ApiLimits | None = None) -> None:
+        super().__init__(profile, session_factory, limits=limits)
         self._notes: list[str] = []
 
     def inventory(self) -> Inventory:
@@ -168,17 +196,6 @@ class Discovery:
     @property
     def where(self) -> str:
         return where(self._profile)
-
-    def close(self) -> None:
-        clients, self._clients, self._session = self._clients, {}, None
-        for client in clients.values():
-            client.close()
-
-    def __enter__(self) -> Discovery:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- the look-ups -------------------------------------------------------------------------
 
@@ -236,14 +253,6 @@ class Discovery:
                 log.warning("[init] %s", error.message)
                 return None
             raise error from exc
-
-    def _client(self, service: str) -> Any:
-        if service not in self._clients:
-            if self._session is None:
-                self._session = self._session_factory(self._profile)
-            self._clients[service] = self._session.client(
-                service, config=self._limits.client_config())
-        return self._clients[service]
 
     def _translate(self, exc: BaseException, service: str, action: str) -> CloudError:
         what = _WHAT.get(action, action)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,7 +25,7 @@ from bastion_tray.adapters.cloud_errors import (
     translate,
     where,
 )
-from bastion_tray.adapters.discovery import init_session
+from bastion_tray.adapters.discovery import ReadOnlyAws
 from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import CloudError, CredentialsError
 from bastion_tray.core.posture import (
@@ -53,16 +52,12 @@ _WHAT = {
 }
 
 
-class PostureReader:
+class PostureReader(ReadOnlyAws):
     """Read-only look-ups for one profile. A handle: close() it (or use `with`)."""
 
     def __init__(self, profile: Profile, session_factory: SessionFactory | None = None, *,
                  limits: ApiLimits | None = None) -> None:
-        self._profile = profile
-        self._session_factory = session_factory or init_session
-        self._limits = limits or ApiLimits()
-        self._session: boto3.session.Session | None = None
-        self._clients: dict[str, Any] = {}
+        super().__init__(profile, session_factory, limits=limits)
         self._denied: set[str] = set()
 
     def read(self) -> Posture:
@@ -88,18 +83,6 @@ class PostureReader:
                   "denied %s", self._profile.name, vpc_id, len(others), len(groups),
                   len(posture.databases), sorted(self._denied) or "nothing")
         return posture
-
-    def close(self) -> None:
-        clients, self._clients, self._session = self._clients, {}, None
-        for client in clients.values():
-            client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # --- the look-ups -----------------------------------------------------------------------
 
@@ -185,14 +168,6 @@ class PostureReader:
                             self._profile.name, service, action)
                 return None
             raise self._translate(exc, service, action, instance_id) from exc
-
-    def _client(self, service: str) -> Any:
-        if service not in self._clients:
-            if self._session is None:
-                self._session = self._session_factory(self._profile)
-            self._clients[service] = self._session.client(
-                service, config=self._limits.client_config())
-        return self._clients[service]
 
     def _translate(self, exc: BaseException, service: str, action: str,
                    instance_id: str | None) -> CloudError:
