@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from types import SimpleNamespace
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from bastion_tray.core import lifecycle as lc
