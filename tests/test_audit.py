@@ -27,7 +27,7 @@ from tests.test_cloud import _set_moto_auth
 pytestmark = pytest.mark.timeout(120)
 
 #: the seed's verdicts: SSH open to the world and the EIP on the stopped bastion only warn
-SEED = {"bastion-ssh-only": "pass", "bastion-ssh-world": "warn",
+SEED = {"bastion-ssh-only": "pass", "bastion-ssh-world": "warn", "app-rules-expired": "pass",
         "appservers-no-world-ssh": "pass", "web-only-http": "pass", "rds-private": "pass",
         "auto-stop": "pass", "eip-stopped": "warn", "imdsv2": "pass", "bastion-small": "pass"}
 
@@ -61,7 +61,7 @@ def test_the_seed_passes_with_its_two_warnings(seed_app: App) -> None:
     assert report["profile"] == "foo" and report["ok"] is True
     assert report["vpc_id"] == sb.vpc.vpc_id
     assert statuses(report) == SEED
-    assert report["summary"] == {"pass": 7, "warn": 2, "fail": 0}
+    assert report["summary"] == {"pass": 8, "warn": 2, "fail": 0}
     eip = found(report, "eip-stopped")
     assert eip["seen"] == (f"Elastic IP {sb.eip} on the stopped bastion costs $0.005/h "
                            "(~$3.60/month) while it stays stopped")
@@ -86,7 +86,7 @@ def test_the_human_form_has_a_line_per_check_its_fix_and_a_summary(seed_app: App
     eip = next(n for n, line in enumerate(lines) if line.startswith("WARN  eip-stopped"))
     assert lines[eip + 1].startswith("      fix: keep it if something allow-lists")
     assert lines[eip + 2].startswith("           aws ec2 disassociate-address --region ")
-    assert lines[-1] == "foo: 7 pass, 2 warn, 0 fail"
+    assert lines[-1] == "foo: 8 pass, 2 warn, 0 fail"
 
 
 def test_auto_stop_off_in_the_config_warns(fresh_sandbox: Sandbox) -> None:
@@ -266,8 +266,8 @@ def test_refused_describes_degrade_to_warnings_that_name_the_permission(
     assert "Traceback" not in proc.stderr
     report = json.loads(proc.stdout)
     by_id = {c["id"]: c for c in report["checks"]}
-    for check_id in ("bastion-ssh-only", "bastion-ssh-world", "appservers-no-world-ssh",
-                     "web-only-http"):
+    for check_id in ("bastion-ssh-only", "bastion-ssh-world", "app-rules-expired",
+                     "appservers-no-world-ssh", "web-only-http"):
         assert by_id[check_id]["status"] == "warn"
         assert by_id[check_id]["seen"] == "could not check: needs ec2:DescribeSecurityGroups"
     assert by_id["rds-private"]["seen"] == "could not check: needs rds:DescribeDBInstances"
@@ -307,4 +307,4 @@ def test_init_succeeds_when_the_audit_fails(sandbox: Sandbox) -> None:
             app.close()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAIL  imdsv2" in proc.stdout
-    assert "bad: 6 pass, 2 warn, 1 fail (imdsv2)" in proc.stdout
+    assert "bad: 7 pass, 2 warn, 1 fail (imdsv2)" in proc.stdout

@@ -64,14 +64,15 @@ def with_rules(posture: Posture, group: str, *rules: Rule) -> Posture:
 def test_the_seed_passes_with_two_warnings_and_every_check_has_a_stable_id() -> None:
     report = audit(seed())
     assert [c.id for c in report.checks] == list(CHECK_IDS) == [
-        "bastion-ssh-only", "bastion-ssh-world", "appservers-no-world-ssh", "web-only-http",
+        "bastion-ssh-only", "bastion-ssh-world", "app-rules-expired", "appservers-no-world-ssh",
+        "web-only-http",
         "rds-private", "auto-stop", "eip-stopped", "imdsv2", "bastion-small"]
     statuses = {c.id: c.status for c in report.checks}
     assert statuses.pop("bastion-ssh-world") == WARN
     assert statuses.pop("eip-stopped") == WARN
     assert set(statuses.values()) == {PASS}
     assert report.ok and report.exit_code == 0
-    assert report.counts() == {"pass": 7, "warn": 2, "fail": 0}
+    assert report.counts() == {"pass": 8, "warn": 2, "fail": 0}
     assert all(c.fix is None for c in report.checks if c.status == PASS)
 
 
@@ -255,7 +256,8 @@ def test_a_refused_describe_makes_the_checks_that_need_it_warn(denied: str) -> N
                for c in degraded)
     expected = {"ec2:DescribeInstances": set(CHECK_IDS) - {"auto-stop"},
                 "ec2:DescribeSecurityGroups": {"bastion-ssh-only", "bastion-ssh-world",
-                                               "appservers-no-world-ssh", "web-only-http"},
+                                               "app-rules-expired", "appservers-no-world-ssh",
+                                               "web-only-http"},
                 "ec2:DescribeAddresses": {"eip-stopped"},
                 "rds:DescribeDBInstances": {"rds-private"}}[denied]
     assert {c.id for c in degraded} == expected
@@ -277,6 +279,31 @@ def test_the_json_shape() -> None:
     data = report.to_json()
     assert set(data) >= {"profile", "ok", "checks", "summary"}
     assert data["profile"] == "foo" and data["ok"] is False
-    assert data["summary"] == {"pass": 6, "warn": 2, "fail": 1}
+    assert data["summary"] == {"pass": 7, "warn": 2, "fail": 1}
     assert all(set(c) == {"id", "status", "title", "seen", "fix"} for c in data["checks"])
     assert Report("foo", None, None, ()).ok
+
+
+NOW = 1_800_000_000.0
+
+
+def test_expired_my_ip_rules_warn_with_their_revoke_and_live_ones_pass() -> None:
+    from bastion_tray.core.ingress import description
+
+    live = rule(SSH, 22, "203.0.113.7/32", description=description("me@a", NOW + 300))
+    gone = rule(SSH, 22, "198.51.100.9/32", description=description("bob@b", NOW - 60))
+    fine = check(with_rules(seed(now=NOW), SSH, live), "app-rules-expired")
+    assert fine.status == PASS and "me@a" in fine.seen
+    found = check(with_rules(seed(now=NOW), SSH, live, gone), "app-rules-expired")
+    assert found.status == WARN and "bob@b" in found.seen and "me@a" not in found.seen
+    assert found.fix is not None and "--cidr 198.51.100.9/32" in found.fix
+    assert "203.0.113.7" not in found.fix
+    assert check(seed(now=NOW), "app-rules-expired").status == PASS
+
+
+def test_a_world_rule_dressed_as_bastion_tray_is_exposure_like_any_other() -> None:
+    from bastion_tray.core.ingress import description
+
+    disguised = rule(SSH, 3389, "0.0.0.0/0", description=description("me@a", NOW + 300))
+    found = check(with_rules(seed(now=NOW), SSH, disguised), "bastion-ssh-only")
+    assert found.status == FAIL and "3389" in found.seen

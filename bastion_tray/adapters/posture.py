@@ -11,6 +11,7 @@ full models — RDS is not in the daemon's trimmed one).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -78,7 +79,7 @@ class PostureReader(ReadOnlyAws):
             profile=self._profile.name, region=self._profile.region,
             ssh_ports=frozenset({22, b.port}), auto_stop=b.auto_stop, ingress=b.ingress,
             bastion=bastion, vpc_id=vpc_id, others=others, groups=groups, elastic_ip=eip,
-            databases=tuple(self._databases()), denied=frozenset(self._denied))
+            databases=tuple(self._databases()), denied=frozenset(self._denied), now=time.time())
         log.debug("[profile=%s] posture of %s: %d other instances, %d groups, %d databases, "
                   "denied %s", self._profile.name, vpc_id, len(others), len(groups),
                   len(posture.databases), sorted(self._denied) or "nothing")

@@ -182,6 +182,22 @@ def _bastion_ssh_world(p: Posture) -> Verdict:
                         f"world rule:\n{revoke}")
 
 
+def _app_rules_expired(p: Posture) -> Verdict:
+    """my-ip rules whose `until` has passed: a laptop that vanished (a live daemon revokes its
+    own; the next grant or release of anyone's reaps them)."""
+    assert p.bastion is not None
+    own = [(r, r.owner or ("?", None)) for r in p.rules_of(p.bastion) if r.app_owned]
+    expired = [(r, user) for r, (user, until) in own if until is None or until <= p.now]
+    if expired:
+        seen = "expired bastion-tray rules still open SSH: " + _listed(
+            f"{user}'s {_rule_text(p, r)}" for r, user in expired)
+        return WARN, seen, _commands(revoke_command(p.region, r) for r, _ in expired)
+    if own:
+        users = ", ".join(sorted({user for _, (user, _) in own}))
+        return PASS, f"{len(own)} live bastion-tray rule(s), of {users}", None
+    return PASS, "no bastion-tray rules on the bastion's groups", None
+
+
 def _appservers_no_world_ssh(p: Posture) -> Verdict:
     assert p.bastion is not None
     if not p.others:
@@ -313,6 +329,8 @@ SPECS = (
          _bastion_ssh_only),
     Spec("bastion-ssh-world", "SSH on the bastion is not open to the whole internet",
          _ON_GROUPS, _bastion_ssh_world),
+    Spec("app-rules-expired", "no expired bastion-tray (my-ip) rules left open",
+         _ON_GROUPS, _app_rules_expired),
     Spec("appservers-no-world-ssh", "app servers take no SSH from 0.0.0.0/0", _ON_GROUPS,
          _appservers_no_world_ssh),
     Spec("web-only-http", "web groups open only 80/443", _ON_GROUPS, _web_only_http),

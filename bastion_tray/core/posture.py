@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bastion_tray.core.team import TAG_PREFIX
+from bastion_tray.core.ingress import parse_description
 
 WORLD = frozenset({"0.0.0.0/0", "::/0"})
 
@@ -39,8 +39,15 @@ class Rule:
 
     @property
     def app_owned(self) -> bool:
-        """bastion-tray's own temporary /32 rule (ingress = "my-ip")."""
-        return self.description.startswith(TAG_PREFIX)
+        """bastion-tray's own temporary /32 rule (ingress = "my-ip"): its description and its
+        shape both — a world rule described "bastion-tray:…" is exposure like any other."""
+        return (self.owner is not None and self.source_kind == "cidr"
+                and self.source.endswith("/32"))
+
+    @property
+    def owner(self) -> tuple[str, float | None] | None:
+        """(user_id, until) of a rule described `bastion-tray:<user>:until=<ISO>`."""
+        return parse_description(self.description)
 
     def opens_tcp(self, port: int) -> bool:
         if self.all_traffic:
@@ -120,6 +127,7 @@ class Posture:
     elastic_ip: ElasticIp | None = None  # the bastion's
     databases: tuple[Database, ...] = ()  # every RDS DB instance of the region
     denied: frozenset[str] = frozenset()  # IAM actions AWS refused ("ec2:DescribeAddresses")
+    now: float = 0.0  # when AWS was asked (epoch seconds): judges the my-ip rules' until
 
     def rules_of(self, instance: Instance) -> list[Rule]:
         return [r for g in instance.group_ids if g in self.groups for r in self.groups[g].rules]
