@@ -20,13 +20,12 @@ import botocore.session
 #: "oidc" are SSO's endpoint prefixes). Regional services resolve through their own rule sets;
 #: a global one (IAM) needs its entry here, so IAM calls use botocore's full data (init does).
 ENDPOINT_SERVICES = ("ec2", "scheduler", "sts", "portal.sso", "oidc")
-#: the lifecycle's calls, the lease tag (CreateTags / DeleteTags), the my-ip ingress rule,
-#: the console output that vouches for a host key, and what `audit` describes
+#: the lifecycle's calls, the lease tag (CreateTags / DeleteTags), the my-ip ingress rule and
+#: the console output that vouches for a host key (audit and init use botocore's full data)
 OPERATIONS = ("DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances",
               "CreateTags", "DeleteTags", "DescribeSecurityGroups",
-              "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress", "GetConsoleOutput",
-              "UpdateSecurityGroupRuleDescriptionsIngress", "DescribeSubnets", "DescribeVpcs",
-              "DescribeRouteTables", "DescribeInstanceTypes")
+              "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress",
+              "UpdateSecurityGroupRuleDescriptionsIngress", "GetConsoleOutput")
 PAGINATED = ("DescribeInstances",)
 OUT = Path(__file__).resolve().parent.parent / "bastion_tray" / "adapters" / "botocore_data"
 

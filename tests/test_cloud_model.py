@@ -12,7 +12,10 @@ from bastion_tray.adapters.cloud import TRIMMED_MODELS, default_session
 from bastion_tray.core.config import BastionConfig, Profile
 
 OPS = {"DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances", "CreateTags",
-       "DeleteTags"}
+       "DeleteTags",  # the lifecycle and the lease
+       "DescribeSecurityGroups", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress",
+       "UpdateSecurityGroupRuleDescriptionsIngress",  # ingress = "my-ip"
+       "GetConsoleOutput"}  # a first contact's host key
 
 
 def profile(region: str = "ap-northeast-1") -> Profile:
