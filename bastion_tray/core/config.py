@@ -33,8 +33,6 @@ INGRESS_MODES = ("open", "my-ip")
 #: connection, pushed with SendSSHPublicKey
 IDENTITY_MODES = ("key", "ec2-instance-connect")
 EC2_INSTANCE_CONNECT = "ec2-instance-connect"
-_GROUP_ID = re.compile(r"sg-[0-9a-f]{8,17}")
-_GROUP_NAME = re.compile(r"[\w .:/()#,@\[\]+=&;{}!$*-]{1,255}")
 #: a lease is renewed every third of its ttl and a backstop pushed every third of it: below
 #: these, the renewals would be API calls every few seconds
 MIN_LEASE_TTL = 15.0
@@ -295,36 +293,15 @@ def _bastion(t: TableReader, settings: Settings) -> BastionConfig:
         auto_stop=t.flag("auto_stop", True),
         backstop=_backstop(t),
         backstop_role=_role_arn(t, "backstop_role"),
-        ingress=_choice(t, "ingress", INGRESS_MODES, "open"),
-        ingress_group=_ingress_group(t),
-        identity=_choice(t, "identity", IDENTITY_MODES, "key"),
+        ingress=t.choice("ingress", INGRESS_MODES, "open"),
+        ingress_group=t.security_group("ingress_group"),
+        identity=t.choice("identity", IDENTITY_MODES, "key"),
     )
     if bastion.instance_connect and bastion.identity_file is not None:
         t.problem("identity_file", "not used with identity = \"ec2-instance-connect\" (a fresh "
                   "key is pushed per connection); remove one of the two")
     t.reject_unknown()
     return bastion
-
-
-def _choice(t: TableReader, key: str, choices: tuple[str, ...], default: str) -> str:
-    value = t.text(key)
-    if value is None:
-        return default
-    if value not in choices:
-        t.problem(key, f"expected one of {', '.join(repr(c) for c in choices)}, "
-                  f"got {clip_repr(value)}")
-        return default
-    return value
-
-
-def _ingress_group(t: TableReader) -> str | None:
-    value = t.text("ingress_group")
-    if value is not None and not (_GROUP_ID.fullmatch(value) or (
-            not value.startswith("sg-") and _GROUP_NAME.fullmatch(value))):
-        t.problem("ingress_group", "expected a security group id like \"sg-0123456789abcdef0\" "
-                  f"or a group name, got {clip_repr(value)}")
-        return None
-    return value
 
 
 def _backstop(t: TableReader) -> float | None:
@@ -350,7 +327,7 @@ def _host(name: str, t: TableReader, user: str | None, key: Path | None) -> Host
     if name == "bastion":  # its alias, <profile>-bastion, is the bastion's own (core/trust.py)
         t.problems.add(t.name, "", "a host cannot be named 'bastion': <profile>-bastion is the "
                        "bastion's own ssh name; pick another name")
-    identity = _choice(t, "identity", IDENTITY_MODES, "key")
+    identity = t.choice("identity", IDENTITY_MODES, "key")
     own_key = t.path("identity_file")
     host = HostConfig(
         name=name,

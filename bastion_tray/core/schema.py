@@ -17,6 +17,8 @@ from bastion_tray.core.text import clip, clip_repr
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
+_GROUP_ID = re.compile(r"sg-[0-9a-f]{8,17}")
+_GROUP_NAME = re.compile(r"[\w .:/()#,@\[\]+=&;{}!$*-]{1,255}")
 
 
 class Problems:
@@ -185,3 +187,24 @@ class TableReader:
             hint = f" — did you mean {close[0]!r}?" if close else ""
             expected = ", ".join(sorted(self._known)) or "no keys"
             self.problem(key, f"unknown key{hint} (expected one of: {expected})")
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        """One of `choices`; anything else is a problem that lists them."""
+        value = self.text(key)
+        if value is None:
+            return default
+        if value not in choices:
+            self.problem(key, f"expected one of {', '.join(repr(c) for c in choices)}, "
+                         f"got {clip_repr(value)}")
+            return default
+        return value
+
+    def security_group(self, key: str) -> str | None:
+        """A security group id ("sg-…") or a group name."""
+        value = self.text(key)
+        if value is not None and not (_GROUP_ID.fullmatch(value) or (
+                not value.startswith("sg-") and _GROUP_NAME.fullmatch(value))):
+            self.problem(key, "expected a security group id like \"sg-0123456789abcdef0\" "
+                         f"or a group name, got {clip_repr(value)}")
+            return None
+        return value

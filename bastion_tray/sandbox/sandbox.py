@@ -11,12 +11,9 @@ Where OpenSSH sshd or MariaDB are missing, embedded stand-ins (standins.py) take
 from __future__ import annotations
 
 import atexit
-import contextlib
 import getpass
 import logging
-import os
 import random
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +25,12 @@ from bastion_tray.core.team import SCHEDULE_GROUP, SCHEDULE_PREFIX
 from bastion_tray.sandbox import aws, console, keys, prereqs, standins, stubs, vpc
 from bastion_tray.sandbox.configfile import ConfigTargets, Value, write_config
 from bastion_tray.sandbox.errors import SandboxError
+from bastion_tray.sandbox.faults import BastionFaults
 from bastion_tray.sandbox.instance_connect import InstanceConnectFront, start_front
 from bastion_tray.sandbox.mariadb import MariaDB
 from bastion_tray.sandbox.net import can_bind, free_port, pick_loopback_address, ssh_banner
 from bastion_tray.sandbox.prereqs import find_tool, missing_prerequisites, sftp_server
-from bastion_tray.sandbox.procs import ProcessSet, descendants, wait_for
+from bastion_tray.sandbox.procs import ProcessSet, wait_for
 from bastion_tray.sandbox.schedules import ScheduleRun, ScheduleRunner, seed_backstop_role
 from bastion_tray.sandbox.sshd import Sshd, SshdSpec
 from bastion_tray.sandbox.standins import StandinAppServer, StandinBastion, StandinDatabase
@@ -41,7 +39,7 @@ from bastion_tray.sandbox.watcher import BastionWatcher
 log = logging.getLogger(__name__)
 
 
-class Sandbox:
+class Sandbox(BastionFaults):
     """Hold it, use its attributes, close it. Build with `Sandbox.start(workdir)`."""
 
     # fake AWS
@@ -329,35 +327,6 @@ class Sandbox:
             raise WaitTimeout(f"sandbox bastion SSH at {self.eip}:{self.bastion_port} still "
                               f"{'down' if up else 'up'} after {timeout:.1f}s")
         return time.monotonic() - started
-
-    def restart_bastion_sshd(self) -> None:
-        """Kill sshd and its sessions and start it again at once; the instance stays running."""
-        if self.instance_state() != "running" or self._bastion is None:
-            raise SandboxError("restart_bastion_sshd needs the bastion instance running")
-        self._bastion.restart()
-
-    def freeze_bastion(self) -> list[int]:
-        """SIGSTOP the bastion sshd and its sessions: a dead peer (laptop on another network).
-
-        Connections stay open but nothing answers; `thaw_bastion(pids)` resumes them.
-        """
-        if isinstance(self._bastion, StandinBastion):
-            raise SandboxError("freeze_bastion is not supported with the stand-in bastion")
-        pid = self._bastion.pid if self._bastion is not None else None
-        if pid is None:
-            raise SandboxError("freeze_bastion needs the bastion sshd running")
-        frozen = [pid, *descendants(pid)]
-        for each in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(each, signal.SIGSTOP)
-        return frozen
-
-    def thaw_bastion(self, frozen: list[int]) -> None:
-        if isinstance(self._bastion, StandinBastion):
-            raise SandboxError("thaw_bastion is not supported with the stand-in bastion")
-        for each in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(each, signal.SIGCONT)
 
     def reset(self, timeout: float = 10.0) -> None:
         """Back to the seeded state: the bastion instance stopped and its sshd down, the
