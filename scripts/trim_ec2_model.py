@@ -2,8 +2,8 @@
 
 botocore parses the whole EC2 model (~700 operations, ~24 MB) and every service's endpoints
 (~7 MB) for one client: a third of a daemon that idles all day. We call a handful of operations,
-so `cloud.default_session` puts these trimmed copies first on botocore's data path. Run after a
-botocore upgrade:
+so `aws_session.default_session` puts these trimmed copies first on botocore's data path. Run
+after a botocore upgrade:
     .venv/bin/python scripts/trim_ec2_model.py
 """
 

@@ -8,7 +8,7 @@ from typing import Any
 import botocore.session
 import pytest
 
-from bastion_tray.adapters.cloud import TRIMMED_MODELS, default_session
+from bastion_tray.adapters.aws_session import TRIMMED_MODELS, default_session
 from bastion_tray.core.config import BastionConfig, Profile
 
 OPS = {"DescribeInstances", "DescribeAddresses", "StartInstances", "StopInstances", "CreateTags",

@@ -114,9 +114,10 @@ class Inventory:
 
 
 def init_session(profile: Profile) -> boto3.session.Session:
-    """cloud.default_session's chain (aws_profile, else AWS_PROFILE / default; the region), with
-    botocore's full models: init calls DescribeSecurityGroups and RDS, which the daemon's trimmed
-    EC2 model leaves out — a one-shot command has no use for the memory that cut saves."""
+    """aws_session.default_session's chain (aws_profile, else AWS_PROFILE / default; the
+    region), with botocore's full models: init and audit call describes and RDS, which the
+    daemon's trimmed EC2 model leaves out — a one-shot command has no use for the memory that
+    cut saves."""
     return boto3.session.Session(profile_name=profile.aws_profile, region_name=profile.region)
 
 
