@@ -89,6 +89,27 @@ def test_the_human_form_has_a_line_per_check_its_fix_and_a_summary(seed_app: App
     assert lines[-1] == "foo: 8 pass, 2 warn, 0 fail"
 
 
+def test_a_public_rds_that_rds_places_in_no_vpc_fails_the_seed(seed_app: App) -> None:
+    """moto (like an RDS made without a subnet group) reports no VPC for it: judged anyway."""
+    import boto3
+
+    sb = seed_app.sandbox
+    assert sb.endpoint_url.startswith("http://127.0.0.1:")
+    rds = boto3.client("rds", region_name=sb.region, endpoint_url=sb.endpoint_url,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    rds.create_db_instance(DBInstanceIdentifier="loose-db", Engine="mysql",
+                           DBInstanceClass="db.t3.micro", AllocatedStorage=20,
+                           MasterUsername="admin", MasterUserPassword="not-a-secret-1",
+                           PubliclyAccessible=True)
+    try:
+        proc, report = audit(seed_app)
+        assert proc.returncode == 1, proc.stdout
+        assert found(report, "rds-private")["status"] == "fail"
+        assert "loose-db" in found(report, "rds-private")["seen"]
+    finally:
+        rds.delete_db_instance(DBInstanceIdentifier="loose-db", SkipFinalSnapshot=True)
+
+
 def test_auto_stop_off_in_the_config_warns(fresh_sandbox: Sandbox) -> None:
     app = App(fresh_sandbox, trusted=False, extra_bastion={"auto_stop": False})
     try:

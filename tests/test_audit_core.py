@@ -201,6 +201,17 @@ def test_a_public_rds_in_the_vpc_fails_and_one_elsewhere_is_not_looked_at() -> N
     assert (none.status, none.seen) == (PASS, "no RDS instances in vpc-1")
 
 
+def test_a_public_rds_in_no_vpc_or_behind_a_forward_is_judged_too() -> None:
+    nowhere = Database("loose-db", True, None)  # RDS placed it in no subnet group
+    found = check(seed(databases=(nowhere,)), "rds-private")
+    assert (found.status, found.seen) == (FAIL, "loose-db is publicly accessible")
+    forwarded = Database("far-db", True, "vpc-2", "far-db.abc.ap-northeast-1.rds.amazonaws.com")
+    posture = seed(databases=(forwarded,),
+                   forward_hosts=frozenset({"far-db.abc.ap-northeast-1.rds.amazonaws.com"}))
+    assert check(posture, "rds-private").status == FAIL
+    assert check(seed(databases=(forwarded,)), "rds-private").status == PASS
+
+
 def test_auto_stop_off_warns() -> None:
     found = check(seed(auto_stop=False), "auto-stop")
     assert found.status == WARN and "auto_stop = false in [profiles.foo.bastion]" in found.seen

@@ -79,7 +79,9 @@ class PostureReader(ReadOnlyAws):
             profile=self._profile.name, region=self._profile.region,
             ssh_ports=frozenset({22, b.port}), auto_stop=b.auto_stop, ingress=b.ingress,
             bastion=bastion, vpc_id=vpc_id, others=others, groups=groups, elastic_ip=eip,
-            databases=tuple(self._databases()), denied=frozenset(self._denied), now=time.time())
+            databases=tuple(self._databases()), denied=frozenset(self._denied), now=time.time(),
+            forward_hosts=frozenset(f.remote_host.lower()
+                                    for f in self._profile.forwards.values()))
         log.debug("[profile=%s] posture of %s: %d other instances, %d groups, %d databases, "
                   "denied %s", self._profile.name, vpc_id, len(others), len(groups),
                   len(posture.databases), sorted(self._denied) or "nothing")
@@ -152,7 +154,8 @@ class PostureReader(ReadOnlyAws):
         raw = self._call("rds", "DescribeDBInstances", lambda rds: _items(
             rds.get_paginator("describe_db_instances").paginate(), "DBInstances"))
         return [Database(str(db["DBInstanceIdentifier"]), bool(db.get("PubliclyAccessible")),
-                         (db.get("DBSubnetGroup") or {}).get("VpcId"))
+                         (db.get("DBSubnetGroup") or {}).get("VpcId"),
+                         (db.get("Endpoint") or {}).get("Address"))
                 for db in raw or [] if db.get("DBInstanceStatus") not in ("deleting", "deleted")]
 
     # --- the edge ---------------------------------------------------------------------------

@@ -245,7 +245,9 @@ def _web_only_http(p: Posture) -> Verdict:
 
 
 def _rds_private(p: Posture) -> Verdict:
-    mine = [d for d in p.databases if d.vpc_id is not None and d.vpc_id == p.vpc_id]
+    # the VPC's databases, those the profile forwards to, and those RDS places in no VPC at all
+    mine = [d for d in p.databases if d.vpc_id == p.vpc_id or d.vpc_id is None
+            or (d.address is not None and d.address.lower() in p.forward_hosts)]
     if not mine:
         return PASS, f"no RDS instances in {p.vpc_id}", None
     public = [d for d in mine if d.publicly_accessible]

@@ -109,6 +109,7 @@ class Database:
     identifier: str  # DBInstanceIdentifier
     publicly_accessible: bool
     vpc_id: str | None  # DBSubnetGroup.VpcId; None when RDS does not say
+    address: str | None = None  # Endpoint.Address
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Posture:
     databases: tuple[Database, ...] = ()  # every RDS DB instance of the region
     denied: frozenset[str] = frozenset()  # IAM actions AWS refused ("ec2:DescribeAddresses")
     now: float = 0.0  # when AWS was asked (epoch seconds): judges the my-ip rules' until
+    forward_hosts: frozenset[str] = frozenset()  # the profile's forwards' remote_host values
 
     def rules_of(self, instance: Instance) -> list[Rule]:
         return [r for g in instance.group_ids if g in self.groups for r in self.groups[g].rules]
