@@ -73,7 +73,7 @@ def test_the_ssh_group_holds_my_rule_exactly_while_in_use(
     app = _app(make_app, checkip)
     sandbox = app.sandbox
     _add_rule(sandbox, ssh_group, "198.51.100.20/32", BOB, time.time() + 3600)  # live
-    _add_rule(sandbox, ssh_group, "198.51.100.30/32", "carol@old", time.time() - 60)  # expired
+    _add_rule(sandbox, ssh_group, "198.51.100.30/32", "carol@old", time.time() - 600)  # lapsed
     assert _ours(sandbox, ssh_group) == []
 
     app.cli("up", "foo", check=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from bastion_tray.core import lifecycle as lc
 from bastion_tray.core.errors import CloudError
 from tests.support.fakes import Harness
-from tests.test_service_team import IDLE, up
+from tests.test_service_team import IDLE, RECHECK, up
 
 
 def test_the_rule_is_granted_before_ssh_renewed_with_the_lease_and_revoked_at_the_stop() -> None:
@@ -108,3 +108,23 @@ def test_the_exit_waits_for_the_revoke() -> None:
     h.spawner.release("ingress-")
     h.ticks(2)
     assert done.done.is_set() and ingress.rules == {}
+
+
+def test_while_a_teammate_keeps_us_from_stopping_our_rule_stays_for_the_counts() -> None:
+    """Regression: the rule was revoked as soon as we went idle, so the re-checks' counts
+    connected from an address the security group no longer admitted — three failures and the
+    leases alone decided, stopping the bastion under a plain-ssh teammate."""
+    h = Harness(ingress="my-ip")
+    up(h)
+    ingress = h.adapters.the_ingress
+    h.adapters.others_on_bastion = 1  # bob, with plain ssh
+    h.ticks(IDLE + 1)
+    assert h.cloud.state == "running" and h.status()["waiting_for_others"]
+    assert h.status()["lease"]["held"] is False  # nothing that makes bob wait for us…
+    assert list(ingress.rules) == ["203.0.113.7/32"]  # …but our counts still get in
+    h.ticks(RECHECK)
+    assert ingress.rules and h.cloud.state == "running"
+    h.adapters.others_on_bastion = 0  # bob logs out
+    h.ticks(RECHECK)
+    assert h.cloud.state == "stopped"
+    assert ingress.rules == {} and ingress.calls[-1] == "release"

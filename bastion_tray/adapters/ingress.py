@@ -9,6 +9,7 @@ reads the group and carries the plan out. Thread-safe (one client, boto3's own l
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,14 +35,37 @@ class Granted:
     group_id: str
 
 
+class LocalClaims:
+    """Which of this daemon's profiles hold our rule on a (group, port): two profiles whose
+    bastions share a security group and port share one rule (same user, same address), and a
+    release revokes it only when the other no longer holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, int], set[str]] = {}
+
+    def hold(self, group_id: str, port: int, profile: str) -> None:
+        with self._lock:
+            self._held.setdefault((group_id, port), set()).add(profile)
+
+    def others(self, group_id: str, port: int, profile: str) -> bool:
+        """Drop `profile`'s hold; whether another profile still holds it."""
+        with self._lock:
+            holders = self._held.get((group_id, port), set())
+            holders.discard(profile)
+            return bool(holders)
+
+
 class SshIngress(AwsHandle):
     SERVICE, LABEL = "ec2", "EC2"
 
     def __init__(self, profile: Profile, user_id: str, public_ip_url: str,
                  session_factory: SessionFactory | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 claims: LocalClaims | None = None) -> None:
         super().__init__(profile, session_factory)
         self._user_id, self._url, self._clock = user_id, public_ip_url, clock
+        self._claims = claims or LocalClaims()
         self._group_id: str | None = None  # picked once: the group never moves under us
         self._warned_world = False
 
@@ -60,6 +84,7 @@ class SshIngress(AwsHandle):
                 group = self._read(group.group_id)
                 continue
             self._revoke_all(group.group_id, wanted.revoke)
+            self._claims.hold(group.group_id, port, self._profile.name)
             if world_open(group, port) and not self._warned_world:
                 self._warned_world = True
                 log.warning("%s %s still opens port %d to 0.0.0.0/0: ingress = \"my-ip\" "
@@ -73,8 +98,12 @@ class SshIngress(AwsHandle):
         if instance_id is None and self._group_id is None:
             return  # we never learnt the group: we never added a rule through it
         group = self._read(self._group_id) if self._group_id else self._group(instance_id or "")
-        wanted = plan(group.rules, self._user_id, None, self._profile.bastion.port,
-                      self._clock())
+        port = self._profile.bastion.port
+        shared = self._claims.others(group.group_id, port, self._profile.name)
+        if shared:
+            log.info("%s our SSH rule stays: another profile of this daemon uses it",
+                     self._ctx())
+        wanted = plan(group.rules, self._user_id, None, port, self._clock(), keep_ours=shared)
         self._revoke_all(group.group_id, wanted.revoke)
 
     # --- reading --------------------------------------------------------------------------

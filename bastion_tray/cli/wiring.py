@@ -57,6 +57,7 @@ class RealAdapters:
         self._relay = Relay(name="relay")
         self._secrets: dict[str, str] = {}  # identity file → passphrase, in memory only
         self._watch: Any = None  # the MuxWatch of streams handed to ssh masters, once needed
+        self._ingress_claims: Any = None  # the LocalClaims of every profile's my-ip rule
         self._clouds: dict[str, Any] = {}  # profile name → its Ec2Cloud (the resolved id)
         self._instance_connect: dict[str, Any] = {}  # profile name → its InstanceConnect
         self._agents: list[Any] = []  # the PushingAgents OpenSSH clients find by path
@@ -161,9 +162,12 @@ class RealAdapters:
         return SchedulerBackstop(profile)
 
     def ingress(self, profile: Profile, settings: Settings) -> Ingress:
-        from bastion_tray.adapters.ingress import SshIngress
+        from bastion_tray.adapters.ingress import LocalClaims, SshIngress
 
-        return SshIngress(profile, settings.user_id, settings.public_ip_url)
+        if self._ingress_claims is None:  # one for all profiles: they may share a group
+            self._ingress_claims = LocalClaims()
+        return SshIngress(profile, settings.user_id, settings.public_ip_url,
+                          claims=self._ingress_claims)
 
     def count_sessions(self, link: BastionLink) -> int:
         from bastion_tray.core import sessions

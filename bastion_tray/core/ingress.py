@@ -36,8 +36,18 @@ class Rule:
 
     @property
     def owner(self) -> tuple[str, float | None] | None:
-        """(user_id, until) of a bastion-tray rule; None for anyone else's rule."""
+        """(user_id, until) of a rule described as bastion-tray's; None for anyone else's."""
         return parse_description(self.description)
+
+    @property
+    def claim(self) -> tuple[str, float] | None:
+        """(user_id, until) of a rule that is bastion-tray's by its shape too: a /32 with a
+        readable until. Anything else — a wider rule, an unreadable until — is nobody's to
+        renew or reap, whatever its description says."""
+        owner = self.owner
+        if owner is None or owner[1] is None or not self.cidr.endswith("/32"):
+            return None
+        return owner[0], owner[1]
 
 
 @dataclass(frozen=True)
@@ -78,34 +88,48 @@ def host_cidr(address: str) -> str:
     return f"{parsed}/32"
 
 
-def plan(rules: tuple[Rule, ...], me: str, cidr: str | None, port: int, now: float) -> Plan:
-    """What a grant (cidr: our /32) or a release (cidr None) does to the group's rules."""
+#: a teammate's rule is reaped this long after its until only: their laptop's clock may be a
+#: little behind ours, and a renewal in flight must not lose the race to our reaping
+REAP_GRACE = 120.0
+
+
+def plan(rules: tuple[Rule, ...], me: str, cidr: str | None, port: int, now: float, *,
+         keep_ours: bool = False, grace: float = REAP_GRACE) -> Plan:
+    """What a grant (cidr: our /32) or a release (cidr None) does to the group's rules.
+
+    Ours: this user's rules for `port` (a rule of ours on another port belongs to another
+    profile of ours; it is left alone until its until has passed). `keep_ours`: another profile
+    of this daemon still holds our rule for `port` — a release leaves it."""
     revoke: list[Rule] = []
     renew: Rule | None = None
     covered_by: str | None = None
     for rule in rules:
-        owner = rule.owner
+        owner = rule.claim
         if owner is None:
             if cidr is not None and rule.cidr == cidr and rule.opens(port) and not covered_by:
                 covered_by = "a rule that is not bastion-tray's"
             continue
         user, until = owner
-        expired = until is None or until <= now
-        if rule.cidr == cidr and rule.opens(port) and renew is None and (user == me or expired):
-            renew = rule  # ours to renew, or an expired one to take over (no gap, no dup)
-        elif user == me or expired:
+        ours = user == me and rule.from_port == rule.to_port == port
+        lapsed = until + (0.0 if user == me else grace) <= now
+        usable = rule.cidr == cidr and rule.opens(port)
+        if usable and renew is None and (ours or lapsed):
+            renew = rule  # ours to renew, or a lapsed one to take over (no gap, no dup)
+        elif (ours and not keep_ours) or lapsed:
             revoke.append(rule)
-        elif rule.cidr == cidr and rule.opens(port) and covered_by is None:
+        elif usable and user != me and covered_by is None:
             covered_by = user
     if covered_by is not None and renew is not None and renew.owner and renew.owner[0] != me:
-        renew = None  # an expired other's rule and a live cover: leave the reaping to later
+        renew = None  # a lapsed other's rule and a live cover: leave the reaping to later
     authorize = cidr is not None and renew is None and covered_by is None
     return Plan(authorize=authorize, renew=renew, revoke=tuple(revoke), covered_by=covered_by)
 
 
 def pick_group(groups: tuple[Group, ...], port: int, wanted: str | None) -> Group | str:
     """The group our rules go on, or why none could be picked. `wanted`: ingress_group (an id
-    or a name) — else the bastion's group that opens `port`, else the one that opens 22."""
+    or a name) — else the bastion's group that opens `port`, else the one that opens 22, else
+    its only group besides `default` (a group whose world rule was revoked, as `audit` asks,
+    opens nothing while nobody uses the bastion)."""
     if wanted is not None:
         for group in groups:
             if wanted in (group.group_id, group.name):
@@ -121,6 +145,9 @@ def pick_group(groups: tuple[Group, ...], port: int, wanted: str | None) -> Grou
             names = ", ".join(f"{g.group_id} ({g.name})" for g in opening)
             return (f"several of the bastion's security groups open port {wanted_port}: "
                     f"{names}; set ingress_group to the one to use")
+    own = [g for g in groups if g.name != "default"]
+    if len(own) == 1:
+        return own[0]
     names = ", ".join(f"{g.group_id} ({g.name})" for g in groups) or "none"
     return (f"none of the bastion's security groups ({names}) opens port {port}; set "
             "ingress_group to the group that should hold the SSH rule")

@@ -59,6 +59,15 @@ def lease_wanted(s: Lifecycle) -> bool:
     return s.running and (s.link is Link.UP or s.activity > 0 or s.retry_at is not None)
 
 
+def access_wanted(s: Lifecycle) -> bool:
+    """Our my-ip rule: while we use the bastion, and while we look at who else does before a
+    stop — the count of its SSH sessions connects from our address, and a count the security
+    group refuses would leave the leases alone to decide (and a plain-ssh teammate cut off)."""
+    t, info = s.team, s.instance
+    looking = t.watching or t.check is not None
+    return lease_wanted(s) or (looking and info is not None and info.state in UP)
+
+
 def reconcile(s: Lifecycle, now: float) -> Result:
     s, out = _drop_moot_check(s)
     s, more = _lease(s, now)
@@ -67,7 +76,7 @@ def reconcile(s: Lifecycle, now: float) -> Result:
     out += more
     s, more = _check_describe(s, now)
     out += more
-    s, more = reconcile_access(s, now, lease_wanted(s))
+    s, more = reconcile_access(s, now, access_wanted(s))
     out += more
     s, more = _exit_done(s)
     return s, out + more
