@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import boto3
 
+from bastion_tray.core.ingress import description as rule_description
 from bastion_tray.sandbox import aws, vpc
 from bastion_tray.sandbox.configfile import Value
 from bastion_tray.sandbox.net import require_loopback
@@ -37,7 +39,8 @@ POSTURES = {
     "large-bastion": "the bastion is an m5.large",
     "my-ip": "no world SSH rule: only a bastion-tray /32 rule, as ingress = \"my-ip\" leaves it",
 }
-MY_IP_RULE = ("203.0.113.7/32", "bastion-tray:alice@laptop:until=2026-12-03T08:00:00Z")
+#: a live my-ip rule of a teammate's: 203.0.113.7/32, its until an hour after seeding
+MY_IP_CIDR, MY_IP_USER = "203.0.113.7/32", "alice@laptop"
 
 
 @dataclass
@@ -152,7 +155,7 @@ def _large_bastion(ec2: Any, rds: Any, seeded: vpc.SeededVpc, made: _Made) -> No
 def _my_ip(ec2: Any, rds: Any, seeded: vpc.SeededVpc, made: _Made) -> None:
     group = seeded.security_groups["ssh"]
     ec2.revoke_security_group_ingress(GroupId=group, IpPermissions=_world(22))
-    cidr, description = MY_IP_RULE
+    cidr, description = MY_IP_CIDR, rule_description(MY_IP_USER, time.time() + 3600)
     ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
         "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
         "IpRanges": [{"CidrIp": cidr, "Description": description}]}])
