@@ -181,7 +181,7 @@ class Discovery(ReadOnlyAws):
     def inventory(self) -> Inventory:
         """Everything at once: instances (with EIPs and bastion reasons) and databases."""
         self._notes = []
-        raw = self._call("ec2", "DescribeInstances", lambda ec2: _items(
+        raw = self._call("ec2", "DescribeInstances", lambda ec2: flatten(
             ec2.get_paginator("describe_instances").paginate(
                 Filters=[{"Name": "instance-state-name", "Values": list(LIVE_STATES)}]),
             "Reservations", "Instances"), optional=False)
@@ -208,7 +208,7 @@ class Discovery(ReadOnlyAws):
 
     def _groups_opening_ssh(self) -> dict[str, str]:
         """group id → why it opens SSH ("security group ssh opens TCP 22 to 0.0.0.0/0")."""
-        groups = self._call("ec2", "DescribeSecurityGroups", lambda ec2: _items(
+        groups = self._call("ec2", "DescribeSecurityGroups", lambda ec2: flatten(
             ec2.get_paginator("describe_security_groups").paginate(), "SecurityGroups"))
         found = {}
         for group in groups or []:
@@ -220,7 +220,7 @@ class Discovery(ReadOnlyAws):
 
     def _databases(self) -> list[FoundDatabase]:
         found = []
-        instances = self._call("rds", "DescribeDBInstances", lambda rds: _items(
+        instances = self._call("rds", "DescribeDBInstances", lambda rds: flatten(
             rds.get_paginator("describe_db_instances").paginate(), "DBInstances"))
         for db in instances or []:
             if db.get("DBClusterIdentifier"):
@@ -228,15 +228,16 @@ class Discovery(ReadOnlyAws):
             endpoint = db.get("Endpoint") or {}
             found.append(FoundDatabase(
                 str(db["DBInstanceIdentifier"]), "instance", str(db.get("Engine", "")),
-                endpoint.get("Address"), _int(endpoint.get("Port") or db.get("DbInstancePort")),
+                endpoint.get("Address"),
+                int_or_none(endpoint.get("Port") or db.get("DbInstancePort")),
                 str(db.get("DBInstanceStatus", "?")),
                 (db.get("DBSubnetGroup") or {}).get("VpcId")))
-        clusters = self._call("rds", "DescribeDBClusters", lambda rds: _items(
+        clusters = self._call("rds", "DescribeDBClusters", lambda rds: flatten(
             rds.get_paginator("describe_db_clusters").paginate(), "DBClusters"))
         for cluster in clusters or []:
             found.append(FoundDatabase(
                 str(cluster["DBClusterIdentifier"]), "cluster", str(cluster.get("Engine", "")),
-                cluster.get("Endpoint"), _int(cluster.get("Port")),
+                cluster.get("Endpoint"), int_or_none(cluster.get("Port")),
                 str(cluster.get("Status", "?")), None))
         return [db for db in found if db.status not in {"deleting", "deleted"}]
 
@@ -293,8 +294,8 @@ def ssh_sources(permissions: Iterable[dict[str, Any]]) -> list[str]:
         protocol = str(rule.get("IpProtocol", ""))
         if protocol not in {"tcp", "6", "-1"}:
             continue
-        if protocol != "-1" and not (_int(rule.get("FromPort")) or 0) <= SSH_PORT \
-                <= (_int(rule.get("ToPort")) or 0):
+        if protocol != "-1" and not (int_or_none(rule.get("FromPort")) or 0) <= SSH_PORT \
+                <= (int_or_none(rule.get("ToPort")) or 0):
             continue
         sources += [str(r["CidrIp"]) for r in rule.get("IpRanges", []) if r.get("CidrIp")]
         sources += [str(r["CidrIpv6"]) for r in rule.get("Ipv6Ranges", []) if r.get("CidrIpv6")]
@@ -321,13 +322,13 @@ def _instance(raw: dict[str, Any], eips: dict[str, str], ssh_groups: dict[str, s
         bastion_reasons=tuple(reasons))
 
 
-def _items(pages: Iterable[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
-    """Flatten paginated replies: _items(pages, "Reservations", "Instances")."""
+def flatten(pages: Iterable[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
+    """Flatten paginated replies: flatten(pages, "Reservations", "Instances")."""
     items: list[dict[str, Any]] = list(pages)
     for key in keys:
         items = [child for item in items for child in item.get(key, []) or []]
     return items
 
 
-def _int(value: object) -> int | None:
+def int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -26,7 +26,7 @@ from bastion_tray.adapters.cloud_errors import (
     translate,
     where,
 )
-from bastion_tray.adapters.discovery import ReadOnlyAws
+from bastion_tray.adapters.discovery import ReadOnlyAws, flatten, int_or_none
 from bastion_tray.core.config import Profile
 from bastion_tray.core.errors import CloudError, CredentialsError
 from bastion_tray.core.posture import (
@@ -93,7 +93,7 @@ class PostureReader(ReadOnlyAws):
         b = self._profile.bastion
         if b.instance_id is not None:
             wanted = b.instance_id
-            found = self._call("ec2", "DescribeInstances", lambda ec2: _items(
+            found = self._call("ec2", "DescribeInstances", lambda ec2: flatten(
                 [ec2.describe_instances(InstanceIds=[wanted])], "Reservations", "Instances"),
                 instance_id=wanted)
             if found is None:
@@ -104,7 +104,7 @@ class PostureReader(ReadOnlyAws):
             return match[0]
         filters = [{"Name": "tag:Name", "Values": [b.name or ""]},
                    {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
-        found = self._call("ec2", "DescribeInstances", lambda ec2: _items(
+        found = self._call("ec2", "DescribeInstances", lambda ec2: flatten(
             ec2.get_paginator("describe_instances").paginate(Filters=filters),
             "Reservations", "Instances"))
         if found is None:
@@ -125,7 +125,7 @@ class PostureReader(ReadOnlyAws):
             return []
         filters = [{"Name": "vpc-id", "Values": [vpc_id]},
                    {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
-        return self._call("ec2", "DescribeInstances", lambda ec2: _items(
+        return self._call("ec2", "DescribeInstances", lambda ec2: flatten(
             ec2.get_paginator("describe_instances").paginate(Filters=filters),
             "Reservations", "Instances")) or []
 
@@ -134,7 +134,7 @@ class PostureReader(ReadOnlyAws):
             params: dict[str, Any] = {"Filters": [{"Name": "vpc-id", "Values": [vpc_id]}]}
         else:
             params = {"GroupIds": list(bastion.group_ids)}
-        raw = self._call("ec2", "DescribeSecurityGroups", lambda ec2: _items(
+        raw = self._call("ec2", "DescribeSecurityGroups", lambda ec2: flatten(
             ec2.get_paginator("describe_security_groups").paginate(**params),
             "SecurityGroups"))
         groups = (_group(g) for g in raw or [])
@@ -151,7 +151,7 @@ class PostureReader(ReadOnlyAws):
         return None
 
     def _databases(self) -> list[Database]:
-        raw = self._call("rds", "DescribeDBInstances", lambda rds: _items(
+        raw = self._call("rds", "DescribeDBInstances", lambda rds: flatten(
             rds.get_paginator("describe_db_instances").paginate(), "DBInstances"))
         return [Database(str(db["DBInstanceIdentifier"]), bool(db.get("PubliclyAccessible")),
                          (db.get("DBSubnetGroup") or {}).get("VpcId"),
@@ -219,7 +219,7 @@ def _group(raw: dict[str, Any]) -> Group:
 def _rules(group_id: str, permission: dict[str, Any]) -> Iterable[Rule]:
     """One Rule per source of an IpPermission."""
     protocol = str(permission.get("IpProtocol", "-1"))
-    ports = (_int(permission.get("FromPort")), _int(permission.get("ToPort")))
+    ports = (int_or_none(permission.get("FromPort")), int_or_none(permission.get("ToPort")))
     if protocol == "-1":
         ports = (None, None)
     sources = (("cidr", "IpRanges", "CidrIp"), ("cidr6", "Ipv6Ranges", "CidrIpv6"),
@@ -230,14 +230,3 @@ def _rules(group_id: str, permission: dict[str, Any]) -> Iterable[Rule]:
             if source.get(field_name):
                 yield Rule(group_id, protocol, *ports, source=str(source[field_name]),
                            source_kind=kind, description=str(source.get("Description") or ""))
-
-
-def _items(pages: Iterable[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = list(pages)
-    for key in keys:
-        items = [child for item in items for child in item.get(key, []) or []]
-    return items
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
